@@ -1,0 +1,111 @@
+"""Prefill the prompt (images included) in chunks, then decode token by token
+with the layer caches, sampling each token and streaming the text."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Iterator
+
+import mlx.core as mx
+import numpy as np
+
+from .processor import StreamingDetokenizer
+from .sample import apply_repetition_penalty, sample
+
+# Model-card defaults for LFM2-VL captioning.
+TEMPERATURE, MIN_P, REPETITION_PENALTY = 0.1, 0.15, 1.05
+
+
+@dataclass
+class Response:
+    text: str  # the new piece of text (may be empty while a character is incomplete)
+    token: int
+    prompt_tokens: int
+    generation_tokens: int
+    prompt_seconds: float  # image encoding + prefill, i.e. time to the first token
+    generation_tps: float
+    finish_reason: str | None = None  # "stop", "length" or None while generating
+
+
+def prefill(model, embeddings: mx.array, cache: list, step: int = 512) -> mx.array:
+    """Run the prompt through the LM in chunks; logits (1, vocab) of its last position."""
+    n = embeddings.shape[1]
+    for start in range(0, n - 1, step):
+        end = min(start + step, n - 1)
+        model.language_model.model(embeddings[:, start:end], cache)
+        mx.eval([c.state for c in cache])
+    hidden = model.language_model.model(embeddings[:, n - 1:], cache)
+    return model.language_model.head(hidden)[:, -1]
+
+
+def generate_tokens(model, inputs: dict, *, max_tokens: int, temperature: float, top_p: float,
+                    min_p: float, repetition_penalty: float, eos_ids: set, prefill_step_size: int = 512
+                    ) -> Iterator[tuple[int, float]]:
+    """Yield (token, seconds to first token) for each new token; the caller stops on EOS."""
+    tic = time.perf_counter()
+    embeds = model.get_input_embeddings(inputs["input_ids"], inputs.get("pixel_values"),
+                                        inputs.get("spatial_shapes"), inputs.get("pixel_attention_mask"))
+    cache = model.language_model.make_cache()
+    seen = None
+    if repetition_penalty != 1.0:
+        seen = np.zeros((1, model.config.text_config.vocab_size), bool)
+        seen[0, np.asarray(inputs["input_ids"]).ravel()] = True
+        seen = mx.array(seen)
+
+    def choose(logits):
+        nonlocal seen
+        logits = apply_repetition_penalty(logits, seen, repetition_penalty)
+        y = sample(logits, temperature, top_p, min_p)
+        if seen is not None:
+            seen = mx.maximum(seen, mx.arange(seen.shape[1]) == y[:, None])
+        return y
+
+    y = choose(prefill(model, embeds, cache, prefill_step_size))
+    mx.eval(y)
+    first = time.perf_counter() - tic
+    for n in range(max_tokens):
+        token = y.item()
+        if n + 1 < max_tokens and token not in eos_ids:
+            # Build and launch the next step before handing this token out.
+            next_y = choose(model.language_model(model.language_model.model.embed_tokens(y[None]), cache)[:, -1])
+            mx.async_eval(next_y)
+        yield token, first
+        if token in eos_ids:
+            return
+        if n + 1 < max_tokens:
+            y = next_y
+
+
+def stream_generate(model, processor, prompt: str, images: list | None = None, *, max_tokens: int = 256,
+                    temperature: float = TEMPERATURE, top_p: float = 1.0, min_p: float = MIN_P,
+                    repetition_penalty: float = REPETITION_PENALTY, seed: int | None = None,
+                    min_image_tokens: int | None = None, max_image_tokens: int | None = None,
+                    do_image_splitting: bool | None = None, ignore_eos: bool = False,
+                    prefill_step_size: int = 512) -> Iterator[Response]:
+    """Generate from a templated prompt (and its images), one Response per new token."""
+    if seed is not None:
+        mx.random.seed(seed)
+    inputs = processor(prompt, images, min_image_tokens=min_image_tokens, max_image_tokens=max_image_tokens,
+                       do_image_splitting=do_image_splitting)
+    n_prompt = inputs["input_ids"].shape[1]
+    eos = set() if ignore_eos else set(processor.eos_token_ids)
+    detok = StreamingDetokenizer(processor)
+    tic, count = time.perf_counter(), 0
+    for token, first in generate_tokens(model, inputs, max_tokens=max_tokens, temperature=temperature,
+                                        top_p=top_p, min_p=min_p, repetition_penalty=repetition_penalty,
+                                        eos_ids=eos, prefill_step_size=prefill_step_size):
+        if count == 0:
+            tic = time.perf_counter()
+        count += 1
+        rate = (count - 1) / (time.perf_counter() - tic) if count > 1 else 0.0
+        if token in eos:
+            yield Response("", token, n_prompt, count - 1, first, rate, "stop")
+            return
+        reason = "length" if count == max_tokens else None
+        yield Response(detok.add(token), token, n_prompt, count, first, rate, reason)
+
+
+def generate(model, processor, prompt: str, images: list | None = None, **options) -> str:
+    """The whole generated text; options as for `stream_generate`."""
+    return "".join(r.text for r in stream_generate(model, processor, prompt, images, **options))

@@ -1,0 +1,140 @@
+"""Image input: decoding to RGB uint8, and the exact resize the reference uses.
+
+The reference processor resizes the uint8 image with torchvision's antialiased
+bilinear kernel. `resize_uint8` reproduces that kernel's fixed-point arithmetic
+bit for bit, so our pixel values equal the reference's, not merely resemble them.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+from functools import lru_cache
+
+import numpy as np
+
+# Refuse images whose decoded size would be absurd (a 30000×30000 PNG header is
+# 2.7 GB of RGB); PIL's own bomb guard only warns below twice its limit.
+MAX_IMAGE_PIXELS = 178_956_970
+
+
+class ImageError(ValueError):
+    """The input is not a usable image (missing, unreadable, empty, too large)."""
+
+
+def load_image(source) -> "PIL.Image.Image":
+    """Open a path, bytes, file object or PIL image as an RGB PIL image.
+
+    EXIF orientation is applied; palette, alpha, 16-bit and grayscale images
+    become RGB, transparency composited onto white (as the reference does).
+    """
+    from PIL import Image, ImageOps, UnidentifiedImageError
+
+    Image.MAX_IMAGE_PIXELS = MAX_IMAGE_PIXELS
+    if isinstance(source, Image.Image):
+        image = source
+    else:
+        if isinstance(source, (bytes, bytearray, memoryview)):
+            if len(source) == 0:
+                raise ImageError("the image data is empty (0 bytes)")
+            source, name = io.BytesIO(bytes(source)), "image data"
+        elif isinstance(source, (str, os.PathLike)):
+            name = os.fspath(source)
+            if os.path.isdir(name):
+                raise ImageError(f"{name} is a directory, not an image")
+            if not os.path.exists(name):
+                raise ImageError(f"{name}: no such file")
+            if os.path.getsize(name) == 0:
+                raise ImageError(f"{name} is empty (0 bytes)")
+        else:
+            name = getattr(source, "name", "image data")
+        try:
+            image = Image.open(source)
+            image.load()
+        except Image.DecompressionBombError as e:
+            raise ImageError(f"{name} is too large to decode safely ({e})") from None
+        except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
+            raise ImageError(f"{name} is not a readable image ({e})") from None
+        if image.width * image.height > MAX_IMAGE_PIXELS:
+            raise ImageError(f"{name} is too large ({image.width}×{image.height} pixels)")
+    if getattr(image, "n_frames", 1) > 1:
+        image.seek(0)  # animated GIF/WebP/APNG: caption the first frame
+    image = ImageOps.exif_transpose(image)
+    return to_rgb(image)
+
+
+def to_rgb(image) -> "PIL.Image.Image":
+    """Convert any PIL mode to RGB, compositing transparency onto white."""
+    from PIL import Image
+
+    if image.mode == "RGB":
+        return image
+    if image.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
+        # 16/32-bit grayscale: scale to 8 bits instead of PIL's clipping convert.
+        a = np.asarray(image, dtype=np.float64)
+        top = 65535.0 if image.mode.startswith("I;16") or a.max() > 255 else 255.0
+        image = Image.fromarray(np.clip(a * (255.0 / top) + 0.5, 0, 255).astype(np.uint8), "L")
+    if "A" in image.getbands() or image.info.get("transparency") is not None:
+        rgba = image.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        return Image.alpha_composite(background, rgba).convert("RGB")
+    return image.convert("RGB")
+
+
+@lru_cache(maxsize=128)
+def _aa_taps(n_in: int, n_out: int):
+    """Taps of torch's antialiased bilinear pass n_in → n_out (align_corners=False):
+    each output i reads inputs starts[i] .. starts[i]+K-1 with weights[i] (summing to 1)."""
+    scale = n_in / n_out
+    support, inv = (scale, 1.0 / scale) if scale >= 1.0 else (1.0, 1.0)
+    starts = np.zeros(n_out, np.int64)
+    weights = np.zeros((n_out, int(np.ceil(support)) * 2 + 1), np.float64)
+    for i in range(n_out):
+        center = scale * (i + 0.5)
+        x0 = max(int(center - support + 0.5), 0)
+        x1 = min(int(center + support + 0.5), n_in)
+        ws = np.maximum(0.0, 1.0 - np.abs((np.arange(x0, x1) - center + 0.5) * inv))
+        starts[i] = x0
+        weights[i, : x1 - x0] = ws / ws.sum()
+    return starts, weights
+
+
+@lru_cache(maxsize=128)
+def _aa_fixed_point(n_in: int, n_out: int):
+    """The taps in torch's uint8 fixed point: integer weights and their precision bits."""
+    starts, w = _aa_taps(n_in, n_out)
+    precision, m = 0, w.max()
+    while precision < 22 and m * 2 ** (precision + 1) < 2**15:
+        precision += 1
+    return starts, np.floor(w * 2**precision + 0.5).astype(np.int64), precision
+
+
+def _resize_axis(a: np.ndarray, n_out: int, axis: int) -> np.ndarray:
+    n_in = a.shape[axis]
+    starts, wi, p = _aa_fixed_point(n_in, n_out)
+    a = np.moveaxis(a, axis, 0).astype(np.int64)
+    padded = np.concatenate([a, np.zeros((wi.shape[1],) + a.shape[1:], np.int64)])
+    acc = np.full((n_out,) + a.shape[1:], 1 << (p - 1) if p > 0 else 0, np.int64)
+    for k in range(wi.shape[1]):
+        acc += padded[starts + k] * wi[:, k].reshape((-1,) + (1,) * (a.ndim - 1))
+    out = np.clip(acc >> p, 0, 255).astype(np.uint8)
+    return np.moveaxis(out, 0, axis)
+
+
+def resize_uint8(image: np.ndarray, height: int, width: int) -> np.ndarray:
+    """Antialiased bilinear resize of an (H, W, C) uint8 array, bit-exact with torchvision."""
+    if image.shape[1] != width:
+        image = _resize_axis(image, width, 1)
+    if image.shape[0] != height:
+        image = _resize_axis(image, height, 0)
+    return image
+
+
+def aa_bilinear_matrix(n_in: int, n_out: int) -> np.ndarray:
+    """The dense (n_out, n_in) float matrix of the same interpolation, used to
+    resize the vision position-embedding grid."""
+    starts, w = _aa_taps(n_in, n_out)
+    m = np.zeros((n_out, n_in + w.shape[1]), np.float64)
+    for i, x0 in enumerate(starts):
+        m[i, x0 : x0 + w.shape[1]] = w[i]
+    return m[:, :n_in]
