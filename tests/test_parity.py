@@ -25,7 +25,9 @@ def rel_err(ours, ref) -> float:
 def case_inputs(case, processor):
     images = [synthetic_image(s["width"], s["height"], s["seed"], s["mode"]) for s in case["images"]]
     prompt = processor.apply_chat_template(case["messages"], add_generation_prompt=True)
-    return prompt, images, processor(prompt, images, return_numpy=True, **case["processor_kwargs"])
+    # We always convert to RGB; the reference needs do_convert_rgb=True to do the same.
+    kwargs = {k: v for k, v in case["processor_kwargs"].items() if k != "do_convert_rgb"}
+    return prompt, images, processor(prompt, images, return_numpy=True, **kwargs)
 
 
 @pytest.fixture(scope="module", params=CASES, ids=[c["name"] for c in CASES])

@@ -1,0 +1,368 @@
+"""Record reference (transformers + torch) outputs of tiny LFM2-VL checkpoints.
+
+Run in the reference venv (torch, torchvision, transformers):
+
+    /work/refvenv/bin/python scripts/make_golden.py [--out tests/golden]
+
+It builds the tiny random checkpoints with tests/tiny_checkpoint.py, feeds the
+reference processor and model images made by tests/images.py, and writes one
+compressed .npz per case plus tests/golden/manifest.json. The tests rebuild
+the same checkpoints and images (both deterministic) and compare.
+
+Per case (<name>.npz):
+  prompt                 str   chat-template output (what the processor got)
+  input_ids              int32 (T,)
+  spatial_shapes         int32 (V, 2)   patches (h, w) per view
+  view_lengths           int32 (V,)     unpadded patches per view (= h*w)
+  padded_length          int32 ()       pixel_values.shape[1] (max_num_patches)
+  pixel_u8_sha256        str   sha256 of the uint8 array u, all views'
+                               unpadded patches concatenated, shape (sum L, 768),
+                               C order; pixel_values == (u - 127.5) / 127.5
+  pixel_u8               uint8 (sum L, 768)   only when small enough, else:
+  pixel_sample_index     int64 (4096,)  flat indices into u (seeded sample)
+  pixel_sample_value     uint8 (4096,)
+  logits_last            float32 (vocab,)     logits at the last prompt position
+  logits_positions       int32 (<=8,)         seeded random prompt positions
+  logits_at_positions    float32 (<=8, vocab)
+  generated_ids          int32 (<=8,)   greedy new tokens (generate, max_new_tokens=8)
+  generated_margins      float32 (<=8,) top1 - top2 logit at each greedy step
+  stage cases also:
+  vision_embeddings      float32 (L0, Dv)  patch embed + resized pos emb, view 0
+  vision_last_hidden     float32 (L0, Dv)  after post_layernorm, view 0
+  projector_out          float32 (L0/4, Dt) projector output, view 0
+  lm_last_hidden         float32 (Dt,)     LM last_hidden_state (after
+                                           embedding_norm) at the last position
+A case whose reference call raised stores no .npz; the manifest has the error.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import io
+import json
+import platform
+import shutil
+import sys
+import tempfile
+import traceback
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from tests.images import synthetic_image  # noqa: E402
+from tests.tiny_checkpoint import make_tiny_checkpoint  # noqa: E402
+
+PROMPT_TEXT = "Describe this image."
+FULL_PIXELS_LIMIT = 600_000  # bytes (compressed) above which only sha256 + sample are stored
+N_SAMPLE = 4096
+MAX_NEW_TOKENS = 8
+
+CHECKPOINTS = {
+    "default": {"seed": 0, "projector_use_layernorm": True, "tie": True},
+    "nolayernorm_untied": {"seed": 0, "projector_use_layernorm": False, "tie": False},
+}
+
+STAGE_CASES = {"rgb_512x512", "rgb_300x200", "rgb_1920x1080"}
+
+
+def _img(w, h, seed, mode="RGB"):
+    return {"width": w, "height": h, "seed": seed, "mode": mode}
+
+
+def build_cases() -> list[dict]:
+    cases = []
+    sizes = [
+        (1, 1), (4000, 1), (1, 4000), (100, 5000), (512, 512), (1920, 1080),
+        (1000, 3000), (640, 480), (300, 200), (37, 1111), (1024, 1024),
+        (2000, 700), (768, 768),
+    ]
+    for i, (w, h) in enumerate(sizes):
+        cases.append({"name": f"rgb_{w}x{h}", "images": [_img(w, h, 10 + i)]})
+    for j, mode in enumerate(["RGBA", "L", "P"]):
+        cases.append({"name": f"{mode.lower()}_333x222", "images": [_img(333, 222, 40 + j, mode)]})
+    # what the reference does with those modes when asked to convert to RGB
+    for j, mode in enumerate(["RGBA", "L", "P"]):
+        cases.append(
+            {
+                "name": f"{mode.lower()}_333x222_convert_rgb",
+                "images": [_img(333, 222, 40 + j, mode)],
+                "processor_kwargs": {"do_convert_rgb": True},
+            }
+        )
+    cases.append(
+        {
+            "name": "rgb_1920x1080_nosplit",
+            "images": [_img(1920, 1080, 15)],
+            "processor_kwargs": {"do_image_splitting": False},
+        }
+    )
+    cases.append(
+        {
+            "name": "rgb_1000x800_tokens16to64",
+            "images": [_img(1000, 800, 50)],
+            "processor_kwargs": {"max_image_tokens": 64, "min_image_tokens": 16},
+        }
+    )
+    cases.append({"name": "text_only", "images": []})
+    cases.append({"name": "two_images", "images": [_img(640, 480, 60), _img(300, 200, 61)]})
+    cases.append(
+        {
+            "name": "nolayernorm_untied_640x480",
+            "images": [_img(640, 480, 17)],
+            "checkpoint": "nolayernorm_untied",
+        }
+    )
+    for c in cases:
+        c.setdefault("processor_kwargs", {})
+        c.setdefault("checkpoint", "default")
+    return cases
+
+
+def messages_for(n_images: int) -> list[dict]:
+    content = [{"type": "image"} for _ in range(n_images)]
+    content.append({"type": "text", "text": PROMPT_TEXT})
+    return [{"role": "user", "content": content}]
+
+
+def _npz_size(arrays: dict) -> int:
+    buf = io.BytesIO()
+    np.savez_compressed(buf, **arrays)
+    return buf.tell()
+
+
+def run_case(case, model, processor, torch, rng_seed):
+    out: dict[str, np.ndarray] = {}
+    info: dict = {}
+    images = [synthetic_image(s["width"], s["height"], s["seed"], s["mode"]) for s in case["images"]]
+    prompt = processor.apply_chat_template(messages_for(len(images)), add_generation_prompt=True)
+    out["prompt"] = np.array(prompt)
+    kwargs = dict(case["processor_kwargs"])
+    inputs = processor(
+        images=[images] if images else None, text=prompt, return_tensors="pt", **kwargs
+    )
+    ids = inputs["input_ids"][0].numpy()
+    out["input_ids"] = ids.astype(np.int32)
+    info["num_tokens"] = int(ids.shape[0])
+    info["num_image_tokens"] = int((ids == 396).sum())
+
+    if images:
+        pv = inputs["pixel_values"].numpy()
+        mask = inputs["pixel_attention_mask"].numpy()
+        ss = inputs["spatial_shapes"].numpy()
+        V, P, D = pv.shape
+        lengths = mask.sum(1).astype(np.int64)
+        for v in range(V):
+            L = int(lengths[v])
+            assert L == int(ss[v, 0] * ss[v, 1]), (L, ss[v])
+            assert (mask[v, :L] == 1).all() and (mask[v, L:] == 0).all(), "mask is not a prefix"
+            assert (pv[v, L:] == 0).all(), "padded pixel values are not zero"
+        unpadded = np.concatenate([pv[v, : int(lengths[v])] for v in range(V)], axis=0)
+        u = np.rint(unpadded.astype(np.float64) * 127.5 + 127.5)
+        assert u.min() >= 0 and u.max() <= 255
+        u = u.astype(np.uint8)
+        recon = (u.astype(np.float32) - np.float32(127.5)) / np.float32(127.5)
+        maxdiff = float(np.abs(recon - unpadded).max())
+        info["pixel_reconstruction_max_abs_diff"] = maxdiff
+        info["pixel_reconstruction_bit_exact"] = bool((recon == unpadded).all())
+        assert maxdiff < 1e-6, maxdiff
+        out["spatial_shapes"] = ss.astype(np.int32)
+        out["view_lengths"] = lengths.astype(np.int32)
+        out["padded_length"] = np.array(P, dtype=np.int32)
+        out["pixel_u8_sha256"] = np.array(hashlib.sha256(np.ascontiguousarray(u).tobytes()).hexdigest())
+        u_size = _npz_size({"u": u})
+        info["pixel_u8_compressed_bytes"] = u_size
+        if u_size <= FULL_PIXELS_LIMIT:
+            out["pixel_u8"] = u
+            info["pixels_stored"] = "full"
+        else:
+            srng = np.random.default_rng(rng_seed)
+            idx = np.sort(srng.choice(u.size, size=min(N_SAMPLE, u.size), replace=False)).astype(np.int64)
+            out["pixel_sample_index"] = idx
+            out["pixel_sample_value"] = u.reshape(-1)[idx]
+            info["pixels_stored"] = "sha256+sample"
+        info["num_views"] = int(V)
+        info["spatial_shapes"] = ss.tolist()
+        info["pixel_values_shape"] = [int(V), int(P), int(D)]
+
+    with torch.no_grad():
+        res = model(**inputs)
+        logits = res.logits[0].float().numpy()
+        out["logits_last"] = logits[-1].astype(np.float32)
+        prng = np.random.default_rng(rng_seed + 1)
+        T = logits.shape[0]
+        pos = np.sort(prng.choice(T, size=min(8, T), replace=False)).astype(np.int32)
+        out["logits_positions"] = pos
+        out["logits_at_positions"] = logits[pos].astype(np.float32)
+
+        gen = model.generate(
+            **inputs,
+            max_new_tokens=MAX_NEW_TOKENS,
+            do_sample=False,
+            return_dict_in_generate=True,
+            output_logits=True,
+        )
+        new = gen.sequences[0, ids.shape[0]:].numpy().astype(np.int32)
+        out["generated_ids"] = new
+        margins = []
+        for step_logits in gen.logits:
+            top2 = torch.topk(step_logits[0].float(), 2).values
+            margins.append(float(top2[0] - top2[1]))
+        out["generated_margins"] = np.array(margins, dtype=np.float32)
+        info["generated_ids"] = new.tolist()
+        info["min_generated_margin"] = float(min(margins)) if margins else None
+
+        if case["name"] in STAGE_CASES:
+            vt = model.model.vision_tower
+            pv_t = inputs["pixel_values"]
+            ss_t = inputs["spatial_shapes"]
+            pm_t = inputs["pixel_attention_mask"]
+            L0 = int(pm_t[0].sum())
+            emb = vt.embeddings(pv_t, ss_t)
+            out["vision_embeddings"] = emb[0, :L0].float().numpy()
+            vis = vt(pixel_values=pv_t, spatial_shapes=ss_t, pixel_attention_mask=pm_t)
+            out["vision_last_hidden"] = vis.last_hidden_state[0, :L0].float().numpy()
+            feats = model.model.get_image_features(
+                pixel_values=pv_t, spatial_shapes=ss_t, pixel_attention_mask=pm_t
+            ).pooler_output
+            out["projector_out"] = feats[0].float().numpy()
+            base = model.model(**inputs)
+            out["lm_last_hidden"] = base.last_hidden_state[0, -1].float().numpy()
+            # self-consistency: the LM head applied to it gives logits_last
+            head = model.lm_head(base.last_hidden_state[0, -1])
+            assert torch.allclose(head, res.logits[0, -1], atol=1e-4)
+            info["stages"] = True
+    return out, info
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--out", default=str(ROOT / "tests" / "golden"))
+    ap.add_argument("--only", nargs="*", help="case names to (re)generate")
+    args = ap.parse_args(argv)
+
+    import PIL
+    import torch
+    import torchvision
+    import transformers
+    from transformers import AutoProcessor, Lfm2VlForConditionalGeneration
+
+    transformers.logging.set_verbosity_error()
+    torch.manual_seed(0)
+    torch.use_deterministic_algorithms(True, warn_only=True)
+    torch.set_num_threads(max(1, min(8, torch.get_num_threads())))
+
+    out_dir = Path(args.out)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix="tiny_lfm2vl_"))
+    models, processors = {}, {}
+    try:
+        for name, ck in CHECKPOINTS.items():
+            path = make_tiny_checkpoint(tmp / name, **ck)
+            model, load_info = Lfm2VlForConditionalGeneration.from_pretrained(
+                path, dtype=torch.float32, attn_implementation="eager", output_loading_info=True
+            )
+            bad = {k: v for k, v in load_info.items() if v}
+            if bad:
+                raise SystemExit(f"checkpoint {name} did not load cleanly: {bad}")
+            model.eval()
+            models[name] = model
+            processors[name] = AutoProcessor.from_pretrained(path)
+
+        cases = build_cases()
+        if args.only:
+            cases = [c for c in cases if c["name"] in set(args.only)]
+        manifest_path = out_dir / "manifest.json"
+        old = {}
+        if args.only and manifest_path.exists():
+            old = {c["name"]: c for c in json.loads(manifest_path.read_text())["cases"]}
+        entries = []
+        for i, case in enumerate(build_cases()):
+            if args.only and case["name"] not in set(args.only):
+                if case["name"] in old:
+                    entries.append(old[case["name"]])
+                continue
+            torch.manual_seed(0)
+            rng_seed = 1000 + 17 * i
+            entry = {
+                "name": case["name"],
+                "file": None,
+                "images": case["images"],
+                "messages": messages_for(len(case["images"])),
+                "processor_kwargs": case["processor_kwargs"],
+                "checkpoint": case["checkpoint"],
+                "sample_seed": rng_seed,
+            }
+            npz = out_dir / f"{case['name']}.npz"
+            if npz.exists():
+                npz.unlink()
+            try:
+                arrays, info = run_case(
+                    case, models[case["checkpoint"]], processors[case["checkpoint"]], torch, rng_seed
+                )
+            except Exception as e:  # the reference itself fails: record it
+                entry["status"] = "reference_error"
+                entry["error_type"] = type(e).__name__
+                entry["error"] = str(e)[:2000]
+                entry["traceback_tail"] = traceback.format_exc().strip().splitlines()[-6:]
+            else:
+                np.savez_compressed(npz, **arrays)
+                entry["status"] = "ok"
+                entry["file"] = npz.name
+                entry["file_bytes"] = npz.stat().st_size
+                entry.update(info)
+            entries.append(entry)
+
+        manifest = {
+            "description": "Reference outputs of tiny random LFM2-VL checkpoints; see scripts/make_golden.py",
+            "regenerate": "/work/refvenv/bin/python scripts/make_golden.py",
+            "versions": {
+                "torch": torch.__version__,
+                "torchvision": torchvision.__version__,
+                "transformers": transformers.__version__,
+                "numpy": np.__version__,
+                "pillow": PIL.__version__,
+                "python": platform.python_version(),
+            },
+            "reference_settings": {
+                "dtype": "float32",
+                "device": "cpu",
+                "attn_implementation": "eager",
+                "torch_manual_seed": 0,
+                "generate": {"max_new_tokens": MAX_NEW_TOKENS, "do_sample": False},
+            },
+            "checkpoints": {
+                k: {"make_tiny_checkpoint_kwargs": v} for k, v in CHECKPOINTS.items()
+            },
+            "pixel_encoding": "pixel_values[v, :L_v] == (u - 127.5) / 127.5 (float32), u uint8; "
+            "padding rows are 0 and masked out",
+            "prompt_text": PROMPT_TEXT,
+            "stage_cases": sorted(STAGE_CASES),
+            "cases": entries,
+        }
+        manifest_path.write_text(json.dumps(manifest, indent=1) + "\n")
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+    # summary
+    total = 0
+    print(f"{'case':34s} {'status':16s} {'tok':>5s} {'img':>5s} {'views':>5s} {'pixels':>14s} {'gen':>28s} {'KB':>7s}")
+    for e in entries:
+        kb = (e.get("file_bytes") or 0) / 1024
+        total += e.get("file_bytes") or 0
+        print(
+            f"{e['name']:34s} {e['status']:16s} {e.get('num_tokens', ''):>5} {e.get('num_image_tokens', ''):>5} "
+            f"{e.get('num_views', ''):>5} {e.get('pixels_stored', ''):>14s} "
+            f"{str(e.get('generated_ids', e.get('error_type', ''))):>28s} {kb:7.1f}"
+        )
+        if e["status"] != "ok":
+            print(f"    error: {e['error'][:300]}")
+    total += manifest_path.stat().st_size
+    print(f"total golden size: {total / 1024:.1f} KB in {out_dir}")
+
+
+if __name__ == "__main__":
+    main()
