@@ -106,6 +106,13 @@ def stream_generate(model, processor, prompt: str, images: list | None = None, *
         yield Response(detok.add(token), token, n_prompt, count, first, rate, reason)
 
 
-def generate(model, processor, prompt: str, images: list | None = None, **options) -> str:
-    """The whole generated text; options as for `stream_generate`."""
-    return "".join(r.text for r in stream_generate(model, processor, prompt, images, **options))
+def generate(model, processor, prompt: str, images: list | None = None, *, max_tokens: int = 256,
+             temperature: float = TEMPERATURE, top_p: float = 1.0, min_p: float = MIN_P,
+             repetition_penalty: float = REPETITION_PENALTY, seed: int | None = None,
+             min_image_tokens: int | None = None, max_image_tokens: int | None = None,
+             do_image_splitting: bool | None = None) -> str:
+    """The whole generated text (see `stream_generate`)."""
+    return "".join(r.text for r in stream_generate(
+        model, processor, prompt, images, max_tokens=max_tokens, temperature=temperature, top_p=top_p,
+        min_p=min_p, repetition_penalty=repetition_penalty, seed=seed, min_image_tokens=min_image_tokens,
+        max_image_tokens=max_image_tokens, do_image_splitting=do_image_splitting))

@@ -73,7 +73,7 @@ def to_rgb(image) -> "PIL.Image.Image":
         # 16/32-bit grayscale: scale to 8 bits instead of PIL's clipping convert.
         a = np.asarray(image, dtype=np.float64)
         top = 65535.0 if image.mode.startswith("I;16") or a.max() > 255 else 255.0
-        image = Image.fromarray(np.clip(a * (255.0 / top) + 0.5, 0, 255).astype(np.uint8), "L")
+        image = Image.fromarray(np.clip(a * (255.0 / top) + 0.5, 0, 255).astype(np.uint8))
     if "A" in image.getbands() or image.info.get("transparency") is not None:
         rgba = image.convert("RGBA")
         background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))

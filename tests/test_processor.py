@@ -1,0 +1,136 @@
+"""Image decoding and processor rules beyond the golden files."""
+
+import io
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from mlx_vlm_port.image import ImageError, load_image, resize_uint8
+from mlx_vlm_port.processor import ImageConfig, grid_layout, smart_resize
+from tests.images import synthetic_image
+
+MESSAGES = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "Describe this image."}]}]
+
+
+def png_bytes(image, **params):
+    buf = io.BytesIO()
+    image.save(buf, format="PNG", **params)
+    return buf.getvalue()
+
+
+def test_exif_orientation_is_applied():
+    image = synthetic_image(64, 32, seed=1)
+    exif = Image.Exif()
+    exif[0x0112] = 6  # rotate 90° clockwise on display
+    buf = io.BytesIO()
+    image.save(buf, format="JPEG", exif=exif.tobytes())
+    loaded = load_image(buf.getvalue())
+    assert loaded.size == (32, 64)
+
+
+@pytest.mark.parametrize("mode", ["L", "RGBA", "P", "CMYK", "I;16", "LA", "1"])
+def test_every_mode_becomes_rgb(mode):
+    base = synthetic_image(40, 30, seed=2)
+    image = base.convert(mode) if mode != "I;16" else Image.fromarray(
+        np.asarray(base.convert("L")).astype(np.uint16) * 257)
+    out = load_image(image)
+    assert out.mode == "RGB" and out.size == (40, 30)
+
+
+def test_sixteen_bit_grayscale_keeps_its_range():
+    a = np.full((8, 8), 65535, np.uint16)
+    assert Image.fromarray(a).mode.startswith("I;16")
+    assert np.asarray(load_image(Image.fromarray(a))).min() == 255
+
+
+def test_transparency_composites_onto_white():
+    rgba = Image.new("RGBA", (4, 4), (0, 0, 0, 0))
+    assert np.asarray(load_image(rgba)).min() == 255
+
+
+def test_animated_gif_uses_the_first_frame():
+    frames = [Image.new("RGB", (8, 8), c) for c in ((255, 0, 0), (0, 0, 255))]
+    buf = io.BytesIO()
+    frames[0].save(buf, format="GIF", save_all=True, append_images=frames[1:])
+    assert np.asarray(load_image(buf.getvalue()))[0, 0, 0] > 200
+
+
+@pytest.mark.parametrize("data,message", [
+    (b"", "empty"),
+    (b"not an image at all", "not a readable image"),
+    (png_bytes(Image.new("RGB", (32, 32)))[:60], "not a readable image"),
+])
+def test_bad_bytes_raise_image_error(data, message):
+    with pytest.raises(ImageError, match=message):
+        load_image(data)
+
+
+def test_missing_and_directory_paths(tmp_path):
+    with pytest.raises(ImageError, match="no such file"):
+        load_image(tmp_path / "nope.png")
+    with pytest.raises(ImageError, match="directory"):
+        load_image(tmp_path)
+
+
+def test_decompression_bomb_is_refused_without_allocating():
+    import struct
+    import zlib
+
+    def chunk(kind, data):
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    header = b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", 30000, 30000, 8, 2, 0, 0, 0))
+    with pytest.raises(ImageError, match="too large"):
+        load_image(header + chunk(b"IDAT", zlib.compress(b"\x00" * 100)) + chunk(b"IEND", b""))
+
+
+def test_resize_identity_and_constant():
+    a = np.full((13, 7, 3), 77, np.uint8)
+    assert (resize_uint8(a, 13, 7) == a).all()
+    assert (resize_uint8(a, 40, 3) == 77).all()
+
+
+def test_smart_resize_respects_token_bounds():
+    c = ImageConfig()
+    for h, w in [(1, 1), (10, 5000), (5000, 10), (480, 640), (3000, 4000)]:
+        rh, rw = smart_resize(h, w, c, 32, 256)
+        assert rh % 32 == 0 and rw % 32 == 0
+        assert (rh // 32) * (rw // 32) <= 256 or min(rh, rw) == 32
+
+
+def test_grid_prefers_the_image_aspect():
+    assert grid_layout(1080, 1920, 2, 10, 512) == (2, 4)  # 2:1 and 4:2 tie; the image covers > half of 4:2
+    rows, cols = grid_layout(3000, 1000, 2, 10, 512)
+    assert rows > cols
+
+
+def test_prompt_image_count_must_match(tiny):
+    _, processor = tiny
+    prompt = processor.apply_chat_template(MESSAGES)
+    with pytest.raises(ValueError, match="1 <image> tokens but 2 images"):
+        processor(prompt, [synthetic_image(8, 8, 1), synthetic_image(8, 8, 2)])
+
+
+def test_no_split_gives_one_view_and_fewer_tokens(tiny):
+    _, processor = tiny
+    prompt = processor.apply_chat_template(MESSAGES)
+    image = synthetic_image(1920, 1080, seed=4)
+    tiled = processor(prompt, [image], return_numpy=True)
+    single = processor(prompt, [image], do_image_splitting=False, return_numpy=True)
+    assert tiled["pixel_values"].shape[0] > 1 and single["pixel_values"].shape[0] == 1
+    assert single["input_ids"].shape[1] < tiled["input_ids"].shape[1]
+    few = processor(prompt, [image], do_image_splitting=False, max_image_tokens=64, return_numpy=True)
+    assert (few["input_ids"] == processor.image_token_id).sum() <= 64
+
+
+def test_streaming_detokenizer_handles_split_characters(tiny):
+    from mlx_vlm_port.processor import StreamingDetokenizer
+
+    _, processor = tiny
+    text = "héllo wörld — ça va? " * 10
+    ids = processor.tokenizer.encode(text, add_special_tokens=False).ids
+    detok = StreamingDetokenizer(processor)
+    pieces = [detok.add(i) for i in ids]
+    assert "".join(pieces) == processor.decode(ids)
+    assert not any("\ufffd" in p for p in pieces)
