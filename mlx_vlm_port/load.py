@@ -15,6 +15,7 @@ import mlx.nn as nn
 from mlx.utils import tree_flatten
 
 from .models import lfm2_vl
+from .models.quantized import use_dense_prefill
 from .processor import Processor
 
 HUB_PATTERNS = ["*.json", "*.safetensors", "*.jinja", "*.txt", "*.model", "*.tiktoken"]
@@ -130,6 +131,7 @@ def load_model(path: Path, *, dtype: mx.Dtype | None = None, bits: int | None = 
         from .quant import quantize_model
 
         quantize_model(model, bits=bits, group_size=group_size)
+    use_dense_prefill(model)
     mx.eval(model.parameters())
     model.eval()
     return model

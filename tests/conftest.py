@@ -4,6 +4,8 @@ from pathlib import Path
 
 import pytest
 
+import mlx_vlm_port  # noqa: F401  (loads OpenBLAS before anything imports MLX)
+
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 

@@ -188,3 +188,18 @@ def test_hub_id_offline_and_uncached_is_a_clear_error(monkeypatch, tmp_path):
     monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path))
     with pytest.raises(ModelLoadError, match="not in the local cache"):
         load("LiquidAI/LFM2.5-VL-450M")
+
+
+def test_quantized_prompt_rows_take_the_dense_path_with_the_same_result(tiny_path):
+    import mlx.nn as nn
+
+    from mlx_vlm_port.models.quantized import DensePrefillQuantizedLinear
+
+    model, processor = load(tiny_path, bits=4, group_size=32)
+    layers = [m for _, m in model.named_modules() if isinstance(m, nn.QuantizedLinear)]
+    assert layers and all(type(m) is DensePrefillQuantizedLinear for m in layers)
+    x = mx.random.normal((1, 9, layers[0].weight.shape[1] * 32 // 4))
+    dense = layers[0](x)
+    kernel = nn.QuantizedLinear.__call__(layers[0], x)
+    np.testing.assert_allclose(np.asarray(dense), np.asarray(kernel), rtol=1e-4, atol=1e-4)
+    assert np.isfinite(last_logits(model, processor)).all()

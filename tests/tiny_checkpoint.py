@@ -116,8 +116,10 @@ def tiny_config(
     tie: bool = True,
     text_overrides: dict | None = None,
     vision_overrides: dict | None = None,
+    top_overrides: dict | None = None,
 ) -> dict:
-    """The config.json dict of the tiny model (overrides update the sub-configs)."""
+    """The config.json dict of the tiny model (overrides update the sub-configs,
+    `top_overrides` the top level, e.g. projector_hidden_size)."""
     vision = copy.deepcopy(_VISION_CONFIG)
     vision.update(copy.deepcopy(vision_overrides or {}))
     text = copy.deepcopy(_TEXT_CONFIG)
@@ -132,7 +134,7 @@ def tiny_config(
         n = text["num_hidden_layers"]
         text["layer_types"] = ["conv" if i % 2 == 0 else "full_attention" for i in range(n)]
     text["tie_word_embeddings"] = bool(tie)
-    return {
+    config = {
         "model_type": "lfm2_vl",
         "architectures": ["Lfm2VlForConditionalGeneration"],
         "image_token_id": IMAGE_TOKEN_ID,
@@ -147,6 +149,23 @@ def tiny_config(
         "dtype": "float32",
         "transformers_version": "5.23.0",
     }
+    config.update(copy.deepcopy(top_overrides or {}))
+    return config
+
+
+# The shape of LiquidAI/LFM2.5-VL-450M, for full-size random checkpoints:
+# make_tiny_checkpoint(path, **LFM25_VL_450M).
+LFM25_VL_450M = dict(
+    vision_overrides=dict(hidden_size=768, intermediate_size=3072, num_hidden_layers=12, num_attention_heads=12),
+    text_overrides=dict(
+        vocab_size=65536, hidden_size=1024, num_hidden_layers=16, num_attention_heads=16, num_key_value_heads=8,
+        block_ff_dim=6656, block_multiple_of=256, max_position_embeddings=32768,
+        layer_types=["conv", "conv", "full_attention", "conv", "conv", "full_attention", "conv", "conv",
+                     "full_attention", "conv", "full_attention", "conv", "full_attention", "conv",
+                     "full_attention", "conv"],
+    ),
+    top_overrides=dict(projector_hidden_size=2560),
+)
 
 
 def mlp_hidden_dim(text_config: dict) -> int:
@@ -519,6 +538,7 @@ def make_tiny_checkpoint(
     processor_overrides: dict | None = None,
     text_overrides: dict | None = None,
     vision_overrides: dict | None = None,
+    top_overrides: dict | None = None,
 ) -> Path:
     """Write a complete tiny random LFM2-VL checkpoint (HF layout) to `path`."""
     if layout not in ("hf", "sharded"):
@@ -531,6 +551,7 @@ def make_tiny_checkpoint(
         tie=tie,
         text_overrides=text_overrides,
         vision_overrides=vision_overrides,
+        top_overrides=top_overrides,
     )
     _dump(path / "config.json", config)
     _dump(

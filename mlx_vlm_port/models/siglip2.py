@@ -108,10 +108,10 @@ class VisionEmbeddings(nn.Module):
     def positions(self, h: int, w: int) -> mx.array:
         """The learned grid resized to h×w (bilinear, antialiased) → (h·w, D)."""
         mh, mw = _resize_matrices(self.grid, h, w)
-        table = self.position_embedding.weight.astype(mx.float32)
-        g = table.reshape(self.grid, self.grid, -1)  # (gh, gw, D)
+        table = self.position_embedding.weight  # never quantized: it is interpolated
+        g = table.astype(mx.float32).reshape(self.grid, self.grid, -1)  # (gh, gw, D)
         out = mx.einsum("hi,ijd,wj->hwd", mh, g, mw)
-        return out.reshape(h * w, -1).astype(self.patch_embedding.weight.dtype)
+        return out.reshape(h * w, -1).astype(table.dtype)
 
     def __call__(self, patches: mx.array, shape: tuple[int, int]) -> mx.array:
         """patches (B, h·w, p·p·C) of views sharing the h×w shape → (B, h·w, D)."""
@@ -135,7 +135,7 @@ class VisionModel(nn.Module):
             bad = [i for i, ((h, w), n) in enumerate(zip(shapes, lengths)) if h * w != n]
             if bad:
                 raise ValueError(f"pixel_attention_mask disagrees with spatial_shapes for views {bad}")
-        dtype = self.embeddings.patch_embedding.weight.dtype
+        dtype = self.post_layernorm.weight.dtype  # the compute dtype (weights may be quantized)
         outputs: list = [None] * len(shapes)
         for shape in dict.fromkeys(shapes):
             views = [i for i, s in enumerate(shapes) if s == shape]
