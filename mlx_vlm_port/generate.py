@@ -102,8 +102,11 @@ def stream_generate(model, processor, prompt: str, images: list | None = None, *
         if token in eos:
             yield Response("", token, n_prompt, count - 1, first, rate, "stop")
             return
+        text = detok.add(token)
         reason = "length" if count == max_tokens else None
-        yield Response(detok.add(token), token, n_prompt, count, first, rate, reason)
+        if reason:
+            text += detok.flush()
+        yield Response(text, token, n_prompt, count, first, rate, reason)
 
 
 def generate(model, processor, prompt: str, images: list | None = None, *, max_tokens: int = 256,

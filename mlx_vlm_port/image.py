@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import io
 import os
+import warnings
 from functools import lru_cache
 
 import numpy as np
@@ -30,7 +31,6 @@ def load_image(source) -> "PIL.Image.Image":
     """
     from PIL import Image, ImageOps, UnidentifiedImageError
 
-    Image.MAX_IMAGE_PIXELS = MAX_IMAGE_PIXELS
     if isinstance(source, Image.Image):
         image = source
     else:
@@ -49,14 +49,20 @@ def load_image(source) -> "PIL.Image.Image":
         else:
             name = getattr(source, "name", "image data")
         try:
-            image = Image.open(source)
+            with warnings.catch_warnings():  # PIL's size warning becomes our error below
+                warnings.simplefilter("error", Image.DecompressionBombWarning)
+                image = Image.open(source)
+            # Refuse absurd sizes from the header, before decoding a single pixel.
+            if image.width * image.height > MAX_IMAGE_PIXELS:
+                raise ImageError(f"{name} is too large ({image.width}×{image.height} pixels)")
             image.load()
-        except Image.DecompressionBombError as e:
-            raise ImageError(f"{name} is too large to decode safely ({e})") from None
+        except (Image.DecompressionBombError, Image.DecompressionBombWarning):
+            raise ImageError(f"{name} is too large to decode safely") from None
         except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
-            raise ImageError(f"{name} is not a readable image ({e})") from None
-        if image.width * image.height > MAX_IMAGE_PIXELS:
-            raise ImageError(f"{name} is too large ({image.width}×{image.height} pixels)")
+            if isinstance(e, ImageError):
+                raise
+            reason = "not a known image format" if isinstance(e, UnidentifiedImageError) else str(e)
+            raise ImageError(f"{name} is not a readable image ({reason})") from None
     if getattr(image, "n_frames", 1) > 1:
         image.seek(0)  # animated GIF/WebP/APNG: caption the first frame
     image = ImageOps.exif_transpose(image)

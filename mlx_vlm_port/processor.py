@@ -270,6 +270,12 @@ class StreamingDetokenizer:
             self.tokens, self.emitted = [], ""
         return piece
 
+    def flush(self) -> str:
+        """Whatever is still held back (an incomplete character at the very end)."""
+        text = self.processor.decode(self.tokens)
+        piece, self.tokens, self.emitted = text[len(self.emitted):], [], ""
+        return piece
+
 
 def _read_json(path: Path) -> dict:
     return json.loads(path.read_text()) if path.exists() else {}

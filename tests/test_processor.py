@@ -73,14 +73,15 @@ def test_missing_and_directory_paths(tmp_path):
         load_image(tmp_path)
 
 
-def test_decompression_bomb_is_refused_without_allocating():
+@pytest.mark.parametrize("side", [15000, 30000])  # between and beyond PIL's two limits
+def test_decompression_bomb_is_refused_without_allocating(side):
     import struct
     import zlib
 
     def chunk(kind, data):
         return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
 
-    header = b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", 30000, 30000, 8, 2, 0, 0, 0))
+    header = b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", side, side, 8, 2, 0, 0, 0))
     with pytest.raises(ImageError, match="too large"):
         load_image(header + chunk(b"IDAT", zlib.compress(b"\x00" * 100)) + chunk(b"IEND", b""))
 

@@ -1,0 +1,259 @@
+"""`python -m app.caption`: caption images from files, stdin, the clipboard or the screen.
+
+Start-up matters (people run this from Shortcuts with a key press), so this
+module imports only the standard library and app's light modules; MLX and the
+model load only once an image is known to be good and no running service can
+do the job. Every failure is one `caption: error: ...` line and an exit code.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+from . import capture
+from .batch import JsonlLog, Progress, Source, expand
+from .captioner import DEFAULT_MODEL, DEFAULT_PROMPT, DETECT_PROMPT
+from .engine import Failure, Job, LocalEngine, ServiceEngine
+from .output import Output, say
+
+EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_IMAGE, EXIT_MODEL, EXIT_CAPTURE = 0, 1, 2, 3, 4, 5
+EXIT_INTERRUPTED = 130
+DRAW_FORMATS = {".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff", ".gif"}
+
+EPILOG = f"""\
+examples:
+  python -m app.caption photo.jpg                    caption one photo
+  python -m app.caption - < photo.jpg                image bytes on stdin (Shortcuts)
+  python -m app.caption --clipboard --copy           caption the copied image, copy the caption
+  python -m app.caption --region                     drag a screen region, caption it
+  python -m app.caption -p "What text is shown?" scan.png
+  python -m app.caption --detect "cat" --draw boxes.png cat.jpg
+  python -m app.caption ~/Pictures/trip --jsonl trip.jsonl    resumable batch
+  python -m app.caption "shots/**/*.png" --json --no-split     JSON lines, fastest
+
+model: --model, else $MLX_VLM_PORT_MODEL, else {DEFAULT_MODEL}
+  (a hub id or a local folder). If the menubar app is running, its loaded model
+  does the work (no load time) unless --no-service.
+exit codes: 0 ok, 2 usage, 3 bad or missing image, 4 model cannot be loaded,
+  5 capture failed or not permitted, 130 interrupted.
+"""
+
+
+class UsageError(Exception):
+    pass
+
+
+class Parser(argparse.ArgumentParser):
+    def error(self, message: str):  # one line, not argparse's usage block
+        raise UsageError(message)
+
+
+def _number(kind, low: float | None = None, high: float | None = None, strict: bool = False, what: str = ""):
+    def parse(text: str):
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}") from None
+        if (low is not None and (value <= low if strict else value < low)) or (high is not None and value > high):
+            raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}")
+        return value
+    return parse
+
+
+def build_parser() -> Parser:
+    p = Parser(prog="python -m app.caption", description="Caption images on this machine with LFM2-VL (MLX).",
+               epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    src = p.add_argument_group("input")
+    src.add_argument("images", nargs="*", metavar="IMAGE",
+                     help="image files, folders or globs (quoted, ** recurses); - reads image bytes from stdin")
+    src.add_argument("--clipboard", action="store_true", help="caption the image on the clipboard")
+    grab = src.add_mutually_exclusive_group()
+    grab.add_argument("--screen", action="store_true", help="caption a screenshot of the whole screen")
+    grab.add_argument("--region", action="store_true", help="drag a screen region and caption it")
+    gen = p.add_argument_group("generation")
+    gen.add_argument("-p", "--prompt", help=f"question to ask (default: {DEFAULT_PROMPT!r})")
+    gen.add_argument("--system", help="system prompt")
+    gen.add_argument("-m", "--model", help="hub id or checkpoint folder (default: see below)")
+    gen.add_argument("--max-tokens", type=_number(int, 0, strict=True, what="a positive whole number"),
+                     default=256, metavar="N", help="most tokens to generate (default: 256)")
+    gen.add_argument("--temperature", type=_number(float, 0, what="a number >= 0"), default=0.1, metavar="T",
+                     help="sampling temperature, 0 = greedy (default: 0.1)")
+    gen.add_argument("--min-p", type=_number(float, 0, 1, what="a number in [0, 1]"), default=0.15, metavar="P",
+                     help="min-p sampling cut-off (default: 0.15)")
+    gen.add_argument("--repetition-penalty", type=_number(float, 0, strict=True, what="a number > 0"),
+                     default=1.05, metavar="R", help="penalise repeated tokens (default: 1.05; 1 = off)")
+    gen.add_argument("--max-image-tokens", type=_number(int, 0, strict=True, what="a positive whole number"),
+                     metavar="N", help="cap the image's tokens (smaller = faster)")
+    gen.add_argument("--no-split", action="store_true", help="one view of the image, no tiles (fastest)")
+    det = p.add_argument_group("grounding")
+    det.add_argument("--detect", metavar="QUERY", help="find QUERY and print its boxes (label x1 y1 x2 y2)")
+    det.add_argument("--draw", metavar="OUT", help="with --detect: write the image with the boxes drawn")
+    out = p.add_argument_group("output")
+    out.add_argument("--json", action="store_true", help="one JSON object per image on stdout")
+    out.add_argument("--jsonl", metavar="OUT", help="append one JSON line per image to OUT; skip images in it")
+    out.add_argument("--copy", action="store_true", help="also put the result on the clipboard")
+    out.add_argument("--no-service", action="store_true", help="never use the menubar app's service")
+    out.add_argument("--debug", action="store_true", help="show tracebacks")
+    return p
+
+
+def check(args: argparse.Namespace) -> None:
+    if args.detect is not None and args.prompt is not None:
+        raise UsageError("--detect and --prompt cannot be combined (--detect writes its own prompt)")
+    if args.detect is not None and not args.detect.strip():
+        raise UsageError("--detect needs a query, e.g. --detect 'dog'")
+    if args.draw and args.detect is None:
+        raise UsageError("--draw needs --detect QUERY")
+    if args.draw and os.path.splitext(args.draw)[1].lower() not in DRAW_FORMATS:
+        raise UsageError(f"--draw {args.draw}: use a .png, .jpg or .webp file name")
+
+
+def read_stdin() -> list[Source]:
+    if sys.stdin is None or sys.stdin.isatty():
+        raise UsageError("'-' reads an image from stdin, but stdin is a terminal (pipe an image in)")
+    data = sys.stdin.buffer.read()
+    if not data:
+        return [Source("-", error="stdin is empty (no image data)", code=EXIT_IMAGE)]
+    # Shortcuts may pass file paths as text rather than the file's bytes: take those files.
+    if len(data) < 65536 and b"\0" not in data:
+        try:
+            lines = [line.strip() for line in data.decode("utf-8").splitlines() if line.strip()]
+        except UnicodeDecodeError:
+            lines = []
+        if lines and all(os.path.isfile(line) for line in lines):
+            return expand(lines)
+    return [Source("-", data=data)]
+
+
+def grab(name: str, what: str, take) -> Source:
+    """Capture now (before any model load, so the screenshot is of *now*)."""
+    try:
+        return Source(name, data=take())
+    except capture.NoImageOnClipboard as e:
+        return Source(name, error=str(e), code=EXIT_IMAGE)
+    except capture.CaptureError as e:
+        return Source(name, error=f"cannot {what}: {e}", code=EXIT_CAPTURE)
+
+
+def gather(args: argparse.Namespace) -> list[Source]:
+    sources: list[Source] = []
+    if args.screen or args.region:
+        sources.append(grab("screen", "capture the screen", lambda: capture.grab_screen(region=args.region)))
+    if args.clipboard:
+        sources.append(grab("clipboard", "read the clipboard", capture.clipboard_image_bytes))
+    stdin_read = False
+    for source in expand(args.images):
+        if source.name == "-" and source.path is None and source.data is None and source.error is None:
+            if not stdin_read:
+                sources += read_stdin()
+                stdin_read = True
+        else:
+            sources.append(source)
+    if not sources:
+        if sys.stdin is None or sys.stdin.isatty():
+            raise UsageError("no image given: name image files or folders, '-' for stdin, --clipboard or --screen")
+        sources = read_stdin()  # no arguments but piped input: the obvious thing
+    return sources
+
+
+def make_job(args: argparse.Namespace) -> Job:
+    prompt = DETECT_PROMPT.format(query=args.detect.strip()) if args.detect is not None else (
+        args.prompt or DEFAULT_PROMPT)
+    options = {"max_tokens": args.max_tokens, "temperature": args.temperature, "min_p": args.min_p,
+               "repetition_penalty": args.repetition_penalty, "max_image_tokens": args.max_image_tokens,
+               "do_image_splitting": False if args.no_split else None}
+    return Job(prompt, args.system, options)
+
+
+def run(args: argparse.Namespace) -> int:
+    check(args)
+    sources = gather(args)
+    if args.draw and len(sources) != 1:
+        raise UsageError(f"--draw writes one image, but {len(sources)} inputs were given")
+    try:
+        log = JsonlLog(args.jsonl) if args.jsonl else None
+    except OSError as e:
+        raise Failure(EXIT_FAILED, f"--jsonl {args.jsonl}: cannot open ({e.strerror or e})") from None
+    if log:
+        done = [s for s in sources if s in log]
+        if done:
+            say(f"skipping {len(done)} of {len(sources)} images already in {args.jsonl}", error=False)
+        sources = [s for s in sources if s not in log]
+    job = make_job(args)
+    engine = None
+    progress = Progress(len(sources))
+    out = Output(args, multi=len(sources) > 1, progress=progress)
+    worst = EXIT_OK
+    try:
+        for source in sources:
+            progress.step(source.label)
+            try:
+                if source.error:
+                    raise Failure(source.code, source.error)
+                if engine is None:  # asked only once there is work, so a bad input costs no ping
+                    engine = (None if args.no_service else
+                              ServiceEngine.connect(args.model or os.environ.get("MLX_VLM_PORT_MODEL")))
+                    engine = engine or LocalEngine(args.model)
+                engine, record = out.caption(engine, source, job, lambda: LocalEngine(args.model))
+                if log:
+                    log.write({**record, "path": source.key})
+            except Failure as e:
+                if e.code == EXIT_MODEL:
+                    raise  # no model, no point in going on
+                out.discard()
+                say(e.message)
+                worst = max(worst, e.code)
+            progress.advance()
+    finally:
+        progress.clear()
+        if log:
+            log.close()
+    if args.copy and out.copied_text().strip():
+        try:
+            capture.copy_text(out.copied_text().strip())
+        except capture.CaptureError as e:
+            say(f"--copy: {e}")
+            worst = max(worst, EXIT_CAPTURE)
+    return worst
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    debug = "--debug" in argv
+    if not debug:
+        import warnings
+
+        warnings.simplefilter("ignore")  # library chatter is not for Shortcuts' error sheet
+    try:
+        return run(build_parser().parse_args(argv))
+    except UsageError as e:
+        say(f"{e} (see --help)")
+        return EXIT_USAGE
+    except Failure as e:
+        if debug:
+            import traceback
+
+            traceback.print_exc()
+        say(e.message)
+        return e.code
+    except KeyboardInterrupt:
+        return EXIT_INTERRUPTED
+    except BrokenPipeError:  # `| head` closed the pipe: stop quietly
+        try:
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        except OSError:
+            pass
+        return EXIT_FAILED
+    except Exception as e:  # a bug: still one line unless --debug
+        if debug:
+            import traceback
+
+            traceback.print_exc()
+        say(f"{type(e).__name__}: {e}" + ("" if debug else " (run with --debug for the traceback)"))
+        return EXIT_FAILED
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,103 @@
+"""What the CLI prints: streamed or whole captions, batch headers, JSON records,
+grounding boxes (and the --draw image), plus the one-line error reporter."""
+
+from __future__ import annotations
+
+import json
+import sys
+from typing import Callable, TextIO
+
+from .batch import Progress, Source
+from .client import ServiceUnavailable
+from .engine import Failure, Job
+
+
+def say(message: str, error: bool = True) -> None:
+    """One line on stderr, whatever the message holds (Shortcuts shows it verbatim)."""
+    line = " ".join(str(message).split())
+    sys.stderr.write(f"caption: {'error: ' if error else ''}{line}\n")
+    sys.stderr.flush()
+
+
+class Output:
+    def __init__(self, args, multi: bool, progress: Progress, stream: TextIO | None = None):
+        self.args, self.multi, self.progress = args, multi, progress
+        self.stream = stream or sys.stdout
+        # Tokens stream to a terminal as they come; a pipe (Shortcuts, scripts)
+        # gets each result whole. JSON and boxes only make sense whole.
+        self.live = self.stream.isatty() and not args.json and args.detect is None
+        self.printed: list[str] = []
+        self.header: str | None = None
+        self.started = False
+
+    def write(self, text: str) -> None:
+        self.progress.clear()
+        if self.header:
+            text, self.header = self.header + text, None
+        self.stream.write(text)
+        self.stream.flush()
+        self.printed.append(text)
+
+    def piece(self, text: str) -> None:
+        if not self.live:
+            return
+        if not self.started:
+            text = text.lstrip()  # the model often opens with a space
+            if not text:
+                return
+            self.started = True
+        self.write(text)
+
+    def discard(self) -> None:
+        """The current image failed: drop its header, end a half-streamed line."""
+        if self.started:
+            self.write("\n")
+        self.header, self.started = None, False
+
+    def copied_text(self) -> str:
+        return "".join(self.printed)
+
+    def caption(self, engine, source: Source, job: Job, make_local: Callable) -> tuple[object, dict]:
+        """Caption one source and print it; returns the engine to use next (a local
+        one if the service vanished) and the image's JSON record."""
+        if self.multi and not self.args.json:
+            self.header = ("\n" if self.printed else "") + f"==> {source.label} <==\n"
+        self.started = False
+        need_image = bool(self.args.draw)
+        try:
+            result = engine.run(source, job, self.piece, need_image=need_image)
+        except ServiceUnavailable:  # the service went away before answering: do it here
+            engine = make_local()
+            result = engine.run(source, job, self.piece, need_image=need_image)
+        text = result.text.strip()
+        record = {"path": source.name, "caption": text, "model": result.model,
+                  "prompt_tokens": result.prompt_tokens, "generation_tokens": result.generation_tokens,
+                  "seconds": round(result.seconds, 3)}
+        if self.args.detect is not None:
+            record["boxes"] = self.boxes(source, text, result.image)
+        if self.args.json:
+            self.write(json.dumps(record, ensure_ascii=False) + "\n")
+        elif self.args.detect is not None:
+            lines = [f"{b['label'] or '?'}: " + " ".join(f"{v:g}" for v in b["bbox"]) for b in record["boxes"]]
+            if lines:
+                self.write("\n".join(lines) + "\n")
+        elif self.started:
+            self.write("\n")
+        else:
+            self.write(text + "\n")
+        self.started = False
+        self.progress.show()
+        return engine, record
+
+    def boxes(self, source: Source, text: str, image) -> list[dict]:
+        from .grounding import draw_boxes, parse_boxes
+
+        boxes = parse_boxes(text)
+        if not boxes:
+            say(f"{source.label}: no boxes found for {self.args.detect!r} (answer: {text[:80]!r})", error=False)
+        if self.args.draw:
+            try:
+                draw_boxes(image, boxes).save(self.args.draw)
+            except (OSError, ValueError) as e:
+                raise Failure(1, f"--draw {self.args.draw}: cannot write the image ({e})") from None
+        return [b.to_dict() for b in boxes]
