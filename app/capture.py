@@ -36,6 +36,10 @@ class NoImageOnClipboard(CaptureError):
     """The clipboard works but holds no image (empty, or text)."""
 
 
+class CaptureCancelled(CaptureError):
+    """The user dismissed the region selection (Esc): nothing to caption, not a failure."""
+
+
 def clipboard_image_bytes() -> bytes:
     if sys.platform == "darwin":
         return _mac_clipboard_image()
@@ -143,7 +147,7 @@ def _mac_screen(region: bool) -> bytes:
         if out.exists() and out.stat().st_size > 0:
             return out.read_bytes()
         if region and done.returncode in (0, 1) and not done.stderr.strip():
-            raise CaptureError("no region was selected (cancelled)")
+            raise CaptureCancelled("no region was selected (cancelled)")
         why = _first_line(done.stderr) or f"exit status {done.returncode}"
         raise CaptureError(f"screencapture failed ({why}): {SCREEN_PERMISSION}")
 
@@ -222,7 +226,7 @@ def _linux_screen(region: bool) -> bytes:
             if region:
                 picked = _run(["slurp"], timeout=None, hint="install slurp to select a region")
                 if picked.returncode != 0:
-                    raise CaptureError("no region was selected (cancelled)")
+                    raise CaptureCancelled("no region was selected (cancelled)")
                 geometry = ["-g", picked.stdout.decode().strip()]
             cmds = [["grim", *geometry, out]]
         else:

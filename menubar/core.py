@@ -1,0 +1,299 @@
+"""The app's logic, free of rumps: menu actions → jobs → results, history, settings, state.
+
+Every method here runs on the UI thread (menu callbacks and the timer's `tick`).
+The worker and the screen-capture thread never call the UI: they put events on
+`self.events`, which `tick` drains, so titles and menus change only on the UI thread.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import queue
+import sys
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
+
+from app.captioner import DEFAULT_PROMPT, DETECT_PROMPT
+from menubar.history import History, menu_label
+from menubar.jobs import Job
+from menubar.launchagent import LaunchAgent
+from menubar.settings import DETAILS, LANGUAGES, MODELS, Settings, in_language
+from menubar.sources import AppCapture, Capture
+from menubar.storage import data_dir
+from menubar.worker import Worker
+
+TITLES = {"idle": "◌", "loading": "◌", "ready": "◉", "busy": "◐", "error": "⚠"}
+RESULT_TITLES = {"caption": "Caption", "ask": "Answer", "find": "Objects"}
+
+
+class UI(Protocol):
+    def set_title(self, title: str) -> None: ...
+    def notify(self, title: str, message: str) -> None: ...
+    def copy(self, text: str) -> None: ...
+    def alert(self, title: str, message: str) -> None: ...
+    def prompt(self, title: str, message: str, default: str = "") -> str | None: ...
+    def open_file(self, path: Path) -> None: ...
+    def update_menu(self, state: "MenuState") -> None: ...
+
+
+@dataclass
+class MenuState:
+    """What the menu shows: checkmarks, the history entries, what is enabled."""
+    model: str
+    models: tuple[str, ...]
+    detail: str
+    language: str
+    history: list[str]
+    launch_at_login: bool
+    copy_results: bool
+    has_result: bool
+    state: str
+    status: str  # a line for the top of the menu: "Ready — <model>", "Loading …", the error
+
+
+class App:
+    def __init__(self, ui: UI, worker: Worker, *, settings: Settings, history: History,
+                 capture: Capture | None = None, launch_agent: LaunchAgent | None = None,
+                 detections_dir: Path | None = None, max_waiting: int = 2):
+        self.ui, self.worker, self.settings, self.history = ui, worker, settings, history
+        self.capture = capture or AppCapture()
+        self.launch_agent = launch_agent or LaunchAgent()
+        self.detections_dir = detections_dir or data_dir() / "detections"
+        self.max_waiting = max_waiting  # jobs allowed to wait behind the running one
+        self.events: queue.Queue = queue.Queue()
+        self.state, self.state_detail = "idle", ""
+        self.active = 0  # our jobs submitted and not yet answered (+1 while a screen grab runs)
+        self.capturing = False
+        self.last_image: bytes | None = None
+        self.last_result: str | None = history[0]["text"] if len(history) else None
+        worker.add_listener(lambda state, detail: self.events.put(("state", state, detail)))
+
+    def start(self) -> None:
+        """Load the chosen model (in the worker) and draw the first title and menu."""
+        self.worker.load(self.settings.model)
+        self.state = "loading"
+        self.render()
+
+    # --- menu actions ---------------------------------------------------------------
+    def caption_clipboard(self) -> None:
+        image = self._clipboard(quiet=False)
+        if image is not None:
+            self._submit("caption", image, DEFAULT_PROMPT)
+
+    def caption_screen(self, region: bool) -> None:
+        """Grab the screen on a short-lived thread: `screencapture -i` waits for the user's
+        selection, and the menubar must stay responsive meanwhile."""
+        if self.capturing or self._refuse_if_full():
+            return
+        self.capturing = True
+        self.active += 1
+        threading.Thread(target=self._grab, args=(region,), name="screen-grab", daemon=True).start()
+
+    def ask(self) -> None:
+        image = self._image_for_question()
+        if image is None:
+            return
+        question = self.ui.prompt("Ask About Image", "Ask a question about the image "
+                                  "(the clipboard's if it holds a new one, else the last one):")
+        if question and question.strip():
+            self._submit("ask", image, question.strip())
+
+    def find_objects(self) -> None:
+        image = self._image_for_question()
+        if image is None:
+            return
+        query = self.ui.prompt("Find Objects", "What should be found? (e.g. person, cup, car)")
+        if query and query.strip():
+            self._submit("find", image, query.strip(),
+                         {"temperature": 0.0, "max_tokens": max(512, self.settings.max_tokens)})
+
+    def copy_last(self) -> None:
+        if self.last_result is None:
+            self.ui.notify("Nothing to copy yet", "Caption an image first.")
+        else:
+            self.ui.copy(self.last_result)
+
+    def copy_history(self, index: int) -> None:
+        if 0 <= index < len(self.history):
+            self.ui.copy(self.history[index]["text"])
+
+    def clear_history(self) -> None:
+        self._guard(self.history.clear)
+        self.render()
+
+    def set_detail(self, name: str) -> None:
+        if name in DETAILS:
+            self.settings.detail = name
+            self._save_settings()
+
+    def set_language(self, name: str) -> None:
+        if name in LANGUAGES:
+            self.settings.language = name
+            self._save_settings()
+
+    def set_model(self, model: str) -> None:
+        """Load `model` on the worker; the menu stays responsive, and a failed load keeps the old one."""
+        if model == self.settings.model and self.state != "error":
+            return
+        self.settings.model = model
+        self._save_settings()
+        self.worker.load(model)
+
+    def toggle_copy_results(self) -> None:
+        self.settings.copy_results = not self.settings.copy_results
+        self._save_settings()
+
+    def toggle_launch_at_login(self) -> None:
+        if self._guard(self.launch_agent.set, not self.launch_agent.enabled()):
+            self.render()
+
+    # --- events (drained on the UI thread by the timer) ----------------------------------
+    def tick(self) -> None:
+        while True:
+            try:
+                event = self.events.get_nowait()
+            except queue.Empty:
+                return
+            try:
+                getattr(self, f"_on_{event[0]}")(*event[1:])
+            except Exception as e:  # one bad event must not stop the timer
+                print(f"menubar: {event[0]} event failed: {type(e).__name__}: {e}", file=sys.stderr)
+
+    def _on_state(self, state: str, detail: str) -> None:
+        previous, self.state, self.state_detail = self.state, state, detail
+        if state == "error" and previous == "loading":
+            self.ui.notify("The model could not be loaded", detail)
+        if state == "ready" and previous == "error" and detail != self.settings.model:
+            self.settings.model = detail  # a failed switch: the checkmark goes back to the model in use
+            self._save_settings()
+        self.render()
+
+    def _on_captured(self, image: bytes | None, error: str | None) -> None:
+        self.capturing = False
+        self.active -= 1
+        if error:
+            self.ui.notify("Screen capture failed", error)
+        elif image is not None:  # None: the user cancelled the selection
+            self._submit("caption", image, DEFAULT_PROMPT)
+        self.render()
+
+    def _on_job(self, job: Job, message: dict) -> None:
+        kind = message["type"]
+        if kind == "piece":
+            return
+        self.active -= 1
+        if kind == "error":
+            self.ui.notify("Caption failed", message.get("message", "unknown error"))
+        else:
+            self._result(job.tag, message)
+        self.render()
+
+    def _result(self, tag: tuple, message: dict) -> None:
+        kind, question, image = tag
+        text = message.get("text", "").strip()
+        shown = text or "(the model gave no text)"
+        if kind == "find":
+            from menubar.detections import show_boxes
+
+            shown, path = show_boxes(image, text, self.detections_dir)
+            if path is not None:
+                self.ui.open_file(path)
+        self.last_result = text
+        self._guard(self.history.add, text, kind=kind, prompt=question, model=message.get("model", ""))
+        if self.settings.copy_results and text:
+            self.ui.copy(text)
+        self.ui.notify(RESULT_TITLES[kind], shown)
+
+    # --- helpers ----------------------------------------------------------------------
+    def _grab(self, region: bool) -> None:  # on the screen-grab thread: events only
+        try:
+            self.events.put(("captured", self.capture.screen(region), None))
+        except Exception as e:
+            self.events.put(("captured", None, str(e) or type(e).__name__))
+
+    def _clipboard(self, quiet: bool) -> bytes | None:
+        try:
+            image = self.capture.clipboard_image()
+        except Exception as e:
+            image = None
+            if not quiet:
+                self.ui.notify("Cannot read the clipboard", str(e) or type(e).__name__)
+                return None
+        if image is None and not quiet:
+            self.ui.notify("No image on the clipboard",
+                           "Copy an image (⌃⇧⌘4 copies a screen region), then try again.")
+        return image
+
+    def _image_for_question(self) -> bytes | None:
+        """A new clipboard image if there is one, else the last image (follow-up questions)."""
+        image = self._clipboard(quiet=True)
+        if image is not None and (self.last_image is None or _digest(image) != _digest(self.last_image)):
+            return image
+        if self.last_image is not None:
+            return self.last_image
+        self.ui.notify("No image to ask about", "Copy an image, or caption one first.")
+        return None
+
+    def _refuse_if_full(self) -> bool:
+        if self.active > self.max_waiting:
+            self.ui.notify("Still working", f"{self.active} requests are in progress; try again in a moment.")
+            return True
+        return False
+
+    def _submit(self, kind: str, image: bytes, question: str, options: dict | None = None) -> None:
+        if self._refuse_if_full():
+            return
+        if kind == "find":
+            prompt = DETECT_PROMPT.format(query=question)  # labels stay as asked: no language suffix
+        else:
+            prompt = in_language(question, self.settings.language)
+        job = Job(image=image, prompt=prompt, options={**self.settings.caption_options(), **(options or {})},
+                  tag=(kind, question, image))
+        job.sink = functools.partial(self._post_job, job)
+        if not self.worker.submit(job):
+            self.ui.notify("Still working", "The caption queue is full; try again in a moment.")
+            return
+        self.active += 1
+        self.last_image = image
+        self.render()
+
+    def _post_job(self, job: Job, message: dict) -> None:  # on the worker thread: events only
+        self.events.put(("job", job, message))
+
+    def _save_settings(self) -> None:
+        self._guard(self.settings.save)
+        self.render()
+
+    def _guard(self, fn, *args, **kwargs) -> bool:
+        """Run a file operation; a disk error becomes an alert, not a crash."""
+        try:
+            fn(*args, **kwargs)
+            return True
+        except OSError as e:
+            self.ui.alert("Could not save", f"{e}")
+            return False
+
+    def title(self) -> str:
+        return TITLES["busy"] if self.active and self.state in ("ready", "busy") else TITLES[self.state]
+
+    def menu_state(self) -> MenuState:
+        model = self.settings.model
+        status = {"idle": "Starting…", "loading": f"Loading {self.state_detail or model}…",
+                  "ready": f"Ready — {self.worker.model_id}", "busy": "Working…",
+                  "error": f"Error: {self.state_detail}"}[self.state]
+        return MenuState(model=model, models=MODELS if model in MODELS else MODELS + (model,),
+                         detail=self.settings.detail, language=self.settings.language,
+                         history=[menu_label(e) for e in self.history.entries],
+                         launch_at_login=self.launch_agent.enabled(), copy_results=self.settings.copy_results,
+                         has_result=self.last_result is not None, state=self.state, status=status)
+
+    def render(self) -> None:
+        self.ui.set_title(self.title())
+        self.ui.update_menu(self.menu_state())
+
+
+def _digest(data: bytes) -> bytes:
+    return hashlib.sha256(data).digest()

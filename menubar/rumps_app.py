@@ -1,0 +1,183 @@
+"""The thin rumps layer (macOS only): menu items call the App controller, a Timer
+drains its events on the main thread, and RumpsUI is the UI protocol in AppKit terms.
+
+All logic lives in menubar/core.py; nothing here decides anything.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import rumps
+
+from menubar import APP_NAME
+from menubar.core import TITLES, App, MenuState
+from menubar.history import History
+from menubar.notify import Notifier
+from menubar.service import AlreadyRunning, Service
+from menubar.settings import DETAILS, LANGUAGES, Settings
+from menubar.worker import Worker
+
+TICK_SECONDS = 0.1
+
+
+class RumpsUI:
+    def __init__(self, app: "rumps.App", notifier: Notifier):
+        self.app, self.notifier = app, notifier
+        self.menu: MenuView | None = None
+
+    def set_title(self, title: str) -> None:
+        if self.app.title != title:
+            self.app.title = title
+
+    def notify(self, title: str, message: str) -> None:
+        self.notifier(title, message)
+
+    def copy(self, text: str) -> None:
+        try:
+            from AppKit import NSPasteboard, NSPasteboardTypeString  # pyobjc comes with rumps
+
+            board = NSPasteboard.generalPasteboard()
+            board.clearContents()
+            board.setString_forType_(text, NSPasteboardTypeString)
+        except Exception:
+            from app.capture import copy_text
+
+            copy_text(text)
+
+    def alert(self, title: str, message: str) -> None:
+        rumps.alert(title=title, message=message)
+
+    def prompt(self, title: str, message: str, default: str = "") -> str | None:
+        window = rumps.Window(message=message, title=title, default_text=default, ok="OK", cancel="Cancel",
+                              dimensions=(320, 60))
+        response = window.run()
+        return response.text if response.clicked else None
+
+    def open_file(self, path: Path) -> None:
+        subprocess.Popen(["/usr/bin/open", str(path)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+    def update_menu(self, state: MenuState) -> None:
+        if self.menu is not None:
+            self.menu.apply(state)
+
+
+class MenuView:
+    """The rumps menu; `apply` sets checkmarks and rebuilds History/Model only when they changed."""
+
+    def __init__(self, app: "rumps.App", core: App, on_quit):
+        def item(title, action):
+            return rumps.MenuItem(title, callback=lambda _sender: action())
+
+        self.core = core
+        self.status = rumps.MenuItem("Starting…")  # no callback: shown greyed out
+        self.copy_last = item("Copy Last Result", core.copy_last)
+        self.history = rumps.MenuItem("History")
+        self.details = {n: item(n, lambda n=n: core.set_detail(n)) for n in DETAILS}
+        self.languages = {n: item(n, lambda n=n: core.set_language(n)) for n in LANGUAGES}
+        self.model = rumps.MenuItem("Model")
+        self.copy_results = item("Copy Results to Clipboard", core.toggle_copy_results)
+        self.launch = item("Launch at Login", core.toggle_launch_at_login)
+        self._shown_history: list[str] | None = None
+        self._shown_models: tuple | None = None
+        app.menu = [
+            self.status, None,
+            item("Caption Clipboard Image", core.caption_clipboard),
+            item("Caption Screen Region…", lambda: core.caption_screen(True)),
+            item("Caption Whole Screen", lambda: core.caption_screen(False)),
+            item("Ask About Image…", core.ask),
+            item("Find Objects…", core.find_objects),
+            None,
+            self.copy_last, self.history, None,
+            (rumps.MenuItem("Detail"), list(self.details.values())),
+            (rumps.MenuItem("Language"), list(self.languages.values())),
+            self.model, None,
+            self.copy_results, self.launch, None,
+            item("Quit", on_quit),
+        ]
+
+    def apply(self, state: MenuState) -> None:
+        self.status.title = state.status
+        for name, entry in self.details.items():
+            entry.state = int(name == state.detail)
+        for name, entry in self.languages.items():
+            entry.state = int(name == state.language)
+        self.copy_results.state = int(state.copy_results)
+        self.launch.state = int(state.launch_at_login)
+        if state.models != self._shown_models:
+            self._rebuild(self.model, [(m, lambda m=m: self.core.set_model(m)) for m in state.models])
+            self._shown_models = state.models
+        for title, entry in self.model.items():
+            entry.state = int(title == state.model)
+        if state.history != self._shown_history:
+            # Numbered titles: rumps keys items by title, so two equal captions would collapse.
+            entries = [(f"{i + 1}. {label}", lambda i=i: self.core.copy_history(i))
+                       for i, label in enumerate(state.history)]
+            self._rebuild(self.history, entries or [("(empty)", None)], tail=("Clear History", self.core.clear_history))
+            self._shown_history = list(state.history)
+
+    @staticmethod
+    def _rebuild(parent, entries, tail=None) -> None:
+        if len(parent):
+            parent.clear()
+        for title, action in entries:
+            parent.add(rumps.MenuItem(title, callback=(lambda _s, a=action: a()) if action else None))
+        if tail:
+            parent.add(None)
+            parent.add(rumps.MenuItem(tail[0], callback=lambda _s: tail[1]()))
+
+
+def build(model: str | None = None):
+    """Wire settings, worker, service, controller and menu; returns (rumps app, controller, shutdown)."""
+    settings = Settings.load()
+    if model:
+        settings.model = model
+    worker = Worker(settings.model)
+    service: Service | None = Service(worker)
+    problem = None
+    try:
+        service.bind()
+    except (AlreadyRunning, OSError) as e:  # the menu still works; the CLI uses the other server
+        service, problem = None, str(e)
+    app = rumps.App(APP_NAME, title=TITLES["loading"], quit_button=None)
+    ui = RumpsUI(app, Notifier(rumps))
+    core = App(ui, worker, settings=settings, history=History())
+    done = []
+
+    def shutdown() -> None:
+        if not done:
+            done.append(True)
+            if service:
+                service.close()
+            worker.stop(timeout=5)
+
+    def quit_app() -> None:
+        shutdown()
+        rumps.quit_application()
+
+    ui.menu = MenuView(app, core, quit_app)
+    worker.start()
+    if service:
+        service.start()
+    core.start()
+    if problem:
+        ui.notify("Caption service not started", problem)
+    return app, core, shutdown
+
+
+def run(model: str | None = None) -> int:
+    app, core, shutdown = build(model)
+    timer = rumps.Timer(lambda _timer: core.tick(), TICK_SECONDS)  # fires on the main run loop
+    timer.start()
+    rumps.events.before_quit.register(shutdown)  # logout / restart, not only our Quit item
+    try:
+        app.run()
+    finally:
+        shutdown()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(run())

@@ -1,0 +1,244 @@
+"""The one thread that owns the model: it loads it, warms it up and runs every generation.
+
+MLX streams are per thread, so the load and every generation must happen on
+this same long-lived thread; the UI and the service's connection handlers only
+`submit` jobs and read the replies the job's sink receives.
+"""
+
+from __future__ import annotations
+
+import gc
+import queue
+import sys
+import threading
+import time
+from typing import Any, Callable
+
+from menubar.jobs import BAD_IMAGE, MODEL, USAGE, Job
+
+_STOP = object()
+Listener = Callable[[str, str], None]  # (state, detail), called on the worker thread
+
+
+def _stderr(line: str) -> None:
+    print(f"menubar: {line}", file=sys.stderr, flush=True)
+
+
+def _captioner(model: str):
+    from app.captioner import Captioner
+
+    return Captioner(model)
+
+
+def _warmup_image():
+    from PIL import Image
+
+    return Image.new("RGB", (64, 64), (128, 128, 128))
+
+
+class Worker:
+    """States: "idle" (nothing loaded yet), "loading", "ready", "busy", "error" (load failed)."""
+
+    def __init__(self, model: str, *, max_queue: int = 64, factory: Callable[[str], Any] = _captioner,
+                 warmup: bool = True, log: Callable[[str], None] = _stderr):
+        self.model_id = model  # the model in use (or being loaded first)
+        self.max_queue = max_queue
+        self.state = "idle"
+        self.load_error: str | None = None
+        self._factory, self._warmup, self._log = factory, warmup, log
+        self._queue: queue.Queue = queue.Queue()  # unbounded: the bound is on caption jobs, below
+        self._pending = 0  # caption jobs queued and not yet started
+        self._lock = threading.Lock()
+        self._listeners: list[Listener] = []
+        self._captioner = None
+        self._current: Job | None = None
+        self._stopping = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="caption-worker", daemon=True)
+
+    # --- called from any thread -------------------------------------------------
+    def add_listener(self, listener: Listener) -> None:
+        self._listeners.append(listener)
+
+    def start(self) -> "Worker":
+        self._thread.start()
+        return self
+
+    def load(self, model: str) -> None:
+        """Queue a switch to `model` (jobs queued before it still run on the old one)."""
+        self._queue.put(("load", model))
+
+    def submit(self, job: Job) -> bool:
+        """Queue a caption job; False (and nothing queued) when `max_queue` jobs already wait."""
+        with self._lock:
+            if self._pending >= self.max_queue or self._stopping.is_set():
+                return False
+            self._pending += 1
+        self._queue.put(job)
+        return True
+
+    @property
+    def queued(self) -> int:
+        return self._pending
+
+    @property
+    def alive(self) -> bool:
+        return self._thread.is_alive()
+
+    def wait_idle(self, timeout: float) -> bool:
+        """True once everything queued so far has been handled."""
+        deadline = time.monotonic() + timeout
+        while self._queue.unfinished_tasks:
+            if time.monotonic() > deadline:
+                return False
+            time.sleep(0.01)
+        return True
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """Abandon the running job, answer the queued ones with an error, end the thread."""
+        self._stopping.set()
+        current = self._current
+        if current is not None:
+            current.cancelled.set()
+        self._queue.put(_STOP)
+        if self._thread.is_alive() and threading.current_thread() is not self._thread:
+            self._thread.join(timeout)
+
+    # --- the worker thread -------------------------------------------------------
+    def _run(self) -> None:
+        try:
+            self._loop()
+        finally:
+            # MLX requires its per-thread streams to be destroyed by the thread that made them;
+            # left to process exit, teardown aborts intermittently ("terminate called…", exit 134).
+            self._captioner = None
+            gc.collect()
+            _clear_mlx_streams()
+
+    def _loop(self) -> None:
+        while True:
+            item = self._queue.get()
+            try:
+                if item is _STOP:
+                    return
+                if isinstance(item, tuple):
+                    if not self._stopping.is_set():
+                        self._load(item[1])
+                    continue
+                with self._lock:
+                    self._pending -= 1
+                if self._stopping.is_set():
+                    self._emit(item, {"type": "error", "code": MODEL, "message": "the caption service stopped"})
+                elif not item.cancelled.is_set():  # its client went away while it waited
+                    self._caption(item)
+            except Exception as e:  # the worker must outlive any one job
+                self._log(f"worker: unexpected {type(e).__name__}: {e}")
+            finally:
+                self._queue.task_done()
+
+    def _set_state(self, state: str, detail: str = "") -> None:
+        if state == "busy" == self.state:
+            return  # back-to-back jobs: one "busy" is enough for the icon
+        self.state = state
+        for listener in list(self._listeners):
+            try:
+                listener(state, detail)
+            except Exception as e:
+                self._log(f"state listener failed: {type(e).__name__}: {e}")
+
+    def _load(self, model: str) -> None:
+        self._set_state("loading", model)
+        tic = time.perf_counter()
+        try:
+            new = self._factory(model)
+            new.load()
+        except Exception as e:
+            self.load_error = str(e) if type(e).__name__ == "ModelLoadError" else f"{type(e).__name__}: {e}"
+            self._log(f"cannot load {model}: {self.load_error}")
+            self._set_state("error", self.load_error)
+            if self._captioner is not None:  # keep answering with the model we had
+                self._set_state("ready", self.model_id)
+            return
+        old, self._captioner, self.model_id, self.load_error = self._captioner, new, model, None
+        del old  # free the previous weights before the warm-up allocates
+        gc.collect()
+        _clear_mlx_cache()
+        if self._warmup:
+            try:  # one token, so kernels are built and the first real caption is fast
+                for _ in new.stream(_warmup_image(), "Hi", max_tokens=1):
+                    pass
+            except Exception as e:
+                self._log(f"warm-up failed (ignored): {type(e).__name__}: {e}")
+        self._log(f"model {model} ready in {time.perf_counter() - tic:.1f}s")
+        self._set_state("ready", model)
+
+    def _caption(self, job: Job) -> None:
+        if self._captioner is None:
+            why = self.load_error or "no model is loaded"
+            self._emit(job, {"type": "error", "code": MODEL, "message": f"model unavailable: {why}"})
+            return
+        self._current = job
+        self._set_state("busy", str(job.id))
+        tic, parts, last = time.perf_counter(), [], None
+        pieces = self._captioner.stream(job.image, job.prompt, **job.options)
+        try:
+            for last in pieces:
+                if job.cancelled.is_set() or self._stopping.is_set():
+                    self._emit(job, {"type": "error", "code": MODEL, "message": "cancelled"})
+                    return
+                if last.text:
+                    parts.append(last.text)
+                    self._emit(job, {"type": "piece", "text": last.text})
+            self._emit(job, {
+                "type": "done", "text": "".join(parts), "model": self.model_id,
+                "prompt_tokens": last.prompt_tokens if last else 0,
+                "generation_tokens": last.generation_tokens if last else 0,
+                "prompt_seconds": round(last.prompt_seconds, 4) if last else 0.0,
+                "finish_reason": last.finish_reason if last else None,
+                "seconds": round(time.perf_counter() - tic, 4)})
+        except Exception as e:
+            code, message = _classify(e)
+            self._emit(job, {"type": "error", "code": code, "message": message})
+        finally:
+            close = getattr(pieces, "close", None)
+            if close:
+                close()  # an abandoned generator releases its caches now, not at GC
+            self._current = None
+            if self._pending == 0:
+                self._set_state("ready", self.model_id)
+
+    def _emit(self, job: Job, message: dict) -> None:
+        try:
+            job.sink({"id": job.id, **message})
+        except Exception as e:
+            self._log(f"job {job.id}: reply sink failed: {type(e).__name__}: {e}")
+
+
+def _classify(e: Exception) -> tuple[int, str]:
+    """An exception from a generation → (CLI exit code, message)."""
+    from mlx_vlm_port.image import ImageError
+
+    if isinstance(e, ImageError):
+        return BAD_IMAGE, str(e)
+    if type(e).__name__ == "ModelLoadError":
+        return MODEL, str(e)
+    if isinstance(e, (ValueError, TypeError)):  # the processor rejecting the options
+        return USAGE, f"bad request: {e}"
+    return MODEL, f"generation failed ({type(e).__name__}: {e})"
+
+
+def _clear_mlx_streams() -> None:
+    if "mlx.core" not in sys.modules:  # this thread never touched MLX (e.g. a fake model in tests)
+        return
+    try:
+        sys.modules["mlx.core"].clear_streams()
+    except Exception:
+        pass
+
+
+def _clear_mlx_cache() -> None:
+    if "mlx.core" not in sys.modules:
+        return
+    try:
+        sys.modules["mlx.core"].clear_cache()
+    except Exception:
+        pass

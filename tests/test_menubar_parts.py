@@ -1,0 +1,250 @@
+"""The menubar's parts on their own: request validation, the worker, the line reader,
+the entry point, the py2app recipe, and the rumps layer against a fake rumps."""
+
+from __future__ import annotations
+
+import base64
+import io
+import os
+import socket
+import subprocess
+import sys
+import threading
+import time
+import types
+from pathlib import Path
+
+import pytest
+
+from menubar import BUNDLE_ID
+from menubar.jobs import BAD_IMAGE, USAGE, BadRequest, Job, job_from_request
+from menubar.settings import MODELS
+from menubar.sockets import LineReader, RequestTooLarge, hung_up, peer_uid
+from menubar.worker import Worker
+from tests.images import synthetic_image
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+# --- request validation -------------------------------------------------------------------------
+def png_b64(seed: int = 0) -> str:
+    buf = io.BytesIO()
+    synthetic_image(40, 30, seed).save(buf, format="PNG")
+    return base64.b64encode(buf.getvalue()).decode()
+
+
+@pytest.mark.parametrize("request_, code, words", [
+    ({}, USAGE, "exactly one"),
+    ({"image_b64": "x", "image_path": "/a"}, USAGE, "exactly one"),
+    ({"image_b64": "@@@"}, USAGE, "base64"),
+    ({"image_b64": base64.b64encode(b"hello").decode()}, BAD_IMAGE, "not a readable image"),
+    ({"image_path": "/no/such/file.png"}, BAD_IMAGE, "no such file"),
+    ({"image_b64": png_b64(), "max_tokens": 0}, USAGE, "max_tokens"),
+    ({"image_b64": png_b64(), "max_tokens": True}, USAGE, "max_tokens"),
+    ({"image_b64": png_b64(), "temperature": "hot"}, USAGE, "temperature"),
+    ({"image_b64": png_b64(), "do_image_splitting": 1}, USAGE, "do_image_splitting"),
+    ({"image_b64": png_b64(), "prompt": ""}, USAGE, "prompt"),
+    ({"image_b64": png_b64(), "id": [1]}, USAGE, "id"),
+])
+def test_bad_requests_are_refused_with_the_cli_codes(request_, code, words):
+    with pytest.raises(BadRequest) as e:
+        job_from_request({"op": "caption", **request_})
+    assert e.value.code == code and words in str(e.value)
+
+
+def test_a_good_request_becomes_a_job():
+    job = job_from_request({"op": "caption", "id": "x1", "image_b64": png_b64(), "prompt": "What?", "system": None,
+                            "max_tokens": 5, "temperature": 0, "max_image_tokens": None, "do_image_splitting": False,
+                            "future_field": 1})
+    assert job.id == "x1" and job.prompt == "What?" and job.image.size == (40, 30)
+    assert job.options == {"system": None, "max_tokens": 5, "temperature": 0, "max_image_tokens": None,
+                           "do_image_splitting": False}
+
+
+# --- the worker ------------------------------------------------------------------------------------
+class Slow:
+    def __init__(self, model):
+        self.gate = threading.Event()
+
+    def load(self):
+        return self
+
+    def stream(self, image, prompt, **options):
+        for i in range(50):
+            self.gate.wait(0.01)
+            yield types.SimpleNamespace(text=str(i), prompt_tokens=1, generation_tokens=i + 1, prompt_seconds=0.0,
+                                        finish_reason=None)
+
+
+def test_worker_bounds_its_queue_cancels_and_survives_a_bad_sink():
+    worker = Worker("m", factory=Slow, max_queue=2, warmup=False, log=lambda line: None).start()
+    try:
+        worker.load("m")
+        assert worker.wait_idle(10) and worker.state == "ready"
+        replies = []
+        first = Job(image=b"", sink=replies.append)
+        assert worker.submit(first)
+        while not replies:  # first is running
+            time.sleep(0.001)
+        boom = Job(image=b"", sink=lambda m: 1 / 0)
+        waits = [Job(image=b"", sink=replies.append) for _ in range(2)]
+        assert worker.submit(boom) and worker.submit(waits[0]) and worker.submit(waits[1]) is False  # 2 may wait
+        first.cancelled.set()
+        assert worker.wait_idle(5)
+        assert any(r["type"] == "error" and r["message"] == "cancelled" for r in replies if r["id"] == first.id)
+        later = waits[1]
+        assert worker.submit(later) and worker.wait_idle(5)
+        assert replies[-1]["type"] == "done" and replies[-1]["id"] == later.id
+        assert replies[-1]["text"] == "".join(str(i) for i in range(50))
+    finally:
+        worker.stop()
+    assert not worker._thread.is_alive()
+    assert worker.submit(Job(image=b"")) is False  # stopped
+
+
+# --- sockets ---------------------------------------------------------------------------------------
+def test_line_reader_is_bounded():
+    a, b = socket.socketpair()
+    with a, b:
+        a.settimeout(2)
+        b.settimeout(2)
+        b.sendall(b'{"op": "ping"}\n{"op"')
+        reader = LineReader(a, limit=100, chunk=7)
+        assert reader.readline() == b'{"op": "ping"}'
+        b.sendall(b': "x"}\n' + b"y" * 500 + b"\nafter\n")
+        assert reader.readline() == b'{"op": "x"}'
+        with pytest.raises(RequestTooLarge):
+            reader.readline()
+        assert len(reader.buf) <= 101
+        reader.discard_line()
+        assert reader.readline() == b"after"
+        b.sendall(b"tail without newline")
+        b.shutdown(socket.SHUT_WR)
+        assert reader.readline() == b"tail without newline" and reader.readline() is None
+
+
+def test_peer_uid_and_hang_up():
+    a, b = socket.socketpair(socket.AF_UNIX)
+    with a:
+        if hasattr(socket, "SO_PEERCRED"):
+            assert peer_uid(a) == os.getuid()
+        b.shutdown(socket.SHUT_WR)
+        assert not hung_up(a)  # a half-close still reads its answer
+        b.close()
+        assert hung_up(a)
+
+
+# --- entry point, packaging, the rumps layer -----------------------------------------------------------
+def test_python_m_menubar_off_macos_says_so_in_one_line():
+    if sys.platform == "darwin":
+        pytest.skip("on macOS this starts the app")
+    done = subprocess.run([sys.executable, "-m", "menubar"], cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 1 and done.stdout == ""
+    assert len(done.stderr.strip().splitlines()) == 1 and "macOS" in done.stderr and "--headless" in done.stderr
+    assert "Traceback" not in done.stderr
+
+
+def test_py2app_recipe():
+    import setup_app
+
+    opts = setup_app.options()
+    assert opts["argv_emulation"] is False and opts["plist"]["LSUIElement"] is True
+    assert opts["plist"]["CFBundleIdentifier"] == BUNDLE_ID and "mlx" in opts["packages"]
+    assert all(p.endswith("mlx.metallib") for p in opts["resources"])
+    assert setup_app.ENTRY == "menubar/__main__.py" and (ROOT / setup_app.ENTRY).exists()
+    assert "from ." not in (ROOT / setup_app.ENTRY).read_text()  # py2app runs it as a script
+
+
+class FakeMenuItem:
+    def __init__(self, title, callback=None):
+        self.title, self.callback, self.state, self._items = str(title), callback, 0, {}
+
+    def add(self, item):
+        item = FakeMenuItem(item) if not isinstance(item, FakeMenuItem) else item
+        self._items[item.title if item.title != "None" else f"sep{len(self._items)}"] = item
+
+    def clear(self):
+        self._items.clear()
+
+    def items(self):
+        return self._items.items()
+
+    def __len__(self):
+        return len(self._items)
+
+    def __getitem__(self, key):
+        return self._items[key]
+
+
+class FakeRumpsApp:
+    def __init__(self, name, title=None, quit_button="Quit"):
+        self.name, self.title, self.root = name, title, FakeMenuItem(name)
+
+    @property
+    def menu(self):
+        return self.root
+
+    @menu.setter
+    def menu(self, entries):
+        for entry in entries:
+            if isinstance(entry, tuple):
+                parent, children = entry
+                for child in children:
+                    parent.add(child)
+                self.root.add(parent)
+            else:
+                self.root.add(entry)
+
+
+def fake_rumps(notes: list) -> types.ModuleType:
+    m = types.ModuleType("rumps")
+    m.App, m.MenuItem = FakeRumpsApp, FakeMenuItem
+    m.notification = lambda title, subtitle, message: notes.append((title, message))
+    m.alert = lambda title=None, message="": notes.append(("alert", message))
+    m.quit_application = lambda sender=None: notes.append(("quit", ""))
+    m.Window = m.Timer = object
+    m.events = types.SimpleNamespace(before_quit=types.SimpleNamespace(register=lambda fn: None))
+    return m
+
+
+def test_rumps_layer_wires_menu_to_the_controller(monkeypatch, tmp_path, tiny_path):
+    notes: list = []
+    monkeypatch.setitem(sys.modules, "rumps", fake_rumps(notes))
+    monkeypatch.delitem(sys.modules, "menubar.rumps_app", raising=False)
+    monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path / "data"))
+    monkeypatch.setenv("HOME", str(tmp_path))
+    import tempfile
+
+    run_dir = tempfile.mkdtemp(prefix="mvr-", dir="/tmp")
+    monkeypatch.setenv("MLX_VLM_PORT_RUNTIME_DIR", run_dir)
+    from menubar import rumps_app
+
+    app, core, shutdown = rumps_app.build(str(tiny_path))
+    try:
+        import time
+
+        deadline = time.monotonic() + 30
+        while core.state != "ready" and time.monotonic() < deadline:
+            core.tick()
+            time.sleep(0.01)
+        assert core.state == "ready" and app.title == "◉"
+        menu = app.menu
+        for title in ("Caption Clipboard Image", "Caption Screen Region…", "Caption Whole Screen", "Ask About Image…",
+                      "Find Objects…", "Copy Last Result", "History", "Detail", "Language", "Model",
+                      "Launch at Login", "Quit"):
+            assert title in menu._items, title
+        assert menu["Status" if "Status" in menu._items else "Starting…"].title.startswith("Ready")
+        assert [k for k, v in menu["Detail"].items() if v.state] == ["Balanced"]
+        menu["Detail"]["Fast"].callback(None)
+        assert [k for k, v in menu["Detail"].items() if v.state] == ["Fast"]
+        assert len(menu["Language"]) == 9 and list(menu["Model"]._items)[:5] == list(MODELS)
+        assert list(menu["History"]._items)[0] == "(empty)"
+        menu["Copy Last Result"].callback(None)
+        assert notes[-1][0] == "Nothing to copy yet"
+        assert os.path.exists(os.path.join(run_dir, "caption.sock"))  # the app serves the CLI too
+    finally:
+        shutdown()
+        import shutil
+
+        shutil.rmtree(run_dir, ignore_errors=True)
+    assert not os.path.exists(os.path.join(run_dir, "caption.sock"))

@@ -1,0 +1,136 @@
+"""The menubar's files and system hooks: storage permissions, history, settings, the
+notification fallback (rumps raising → osascript), Launch at Login."""
+
+from __future__ import annotations
+
+import json
+import plistlib
+import stat
+import sys
+import types
+from pathlib import Path
+
+import pytest
+
+from menubar import BUNDLE_ID
+from menubar.history import CAP, History, menu_label
+from menubar.launchagent import LaunchAgent
+from menubar.notify import OSASCRIPT, Notifier, applescript_quote
+from menubar.settings import DETAILS, LANGUAGES, MODELS, Settings, in_language
+from menubar.storage import data_dir
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def mode(path: Path) -> int:
+    return stat.S_IMODE(path.stat().st_mode)
+
+
+# --- storage, history, settings -------------------------------------------------------------
+def test_data_dir_follows_xdg_then_home(monkeypatch, tmp_path):
+    monkeypatch.setattr(sys, "platform", "linux")
+    monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path / "xdg"))
+    assert data_dir() == tmp_path / "xdg" / "mlx-caption"
+    monkeypatch.delenv("XDG_DATA_HOME")
+    monkeypatch.setenv("HOME", str(tmp_path))
+    assert data_dir() == tmp_path / ".local" / "share" / "mlx-caption"
+    monkeypatch.setattr(sys, "platform", "darwin")
+    assert data_dir() == tmp_path / "Library" / "Application Support" / "MLX Caption"
+
+
+def test_history_caps_at_20_persists_privately_and_clears(tmp_path):
+    folder = tmp_path / "data"
+    folder.mkdir(mode=0o755)  # an older, looser folder gets tightened
+    h = History(folder / "history.json")
+    for i in range(CAP + 5):
+        h.add(f"caption {i}", kind="caption", prompt="Describe this image.", model="m")
+    assert len(h) == CAP and h[0]["text"] == f"caption {CAP + 4}" and h[-1]["text"] == "caption 5"
+    assert mode(folder) == 0o700 and mode(folder / "history.json") == 0o600
+    again = History(folder / "history.json")
+    assert [e["text"] for e in again.entries] == [e["text"] for e in h.entries]
+    again.clear()
+    assert History(folder / "history.json").entries == []
+    assert not [p for p in folder.iterdir() if p.name.startswith(".")]  # no temp files left
+
+
+def test_history_survives_a_corrupt_file(tmp_path):
+    path = tmp_path / "history.json"
+    path.write_text("{not json")
+    assert History(path).entries == []
+    path.write_text(json.dumps([{"text": "ok"}, {"nope": 1}, "junk"]))
+    assert [e["text"] for e in History(path).entries] == ["ok"]
+    assert menu_label({"text": "a\n  b " + "x" * 100}).startswith("a b x") and len(menu_label({"text": "x" * 100})) == 48
+
+
+def test_settings_defaults_validation_and_round_trip(tmp_path):
+    path = tmp_path / "s" / "settings.json"
+    s = Settings.load(path)
+    assert (s.detail, s.language, s.copy_results) == ("Balanced", "English", True)
+    s.model, s.detail, s.language = MODELS[4], "Fast", "Japanese"
+    s.save()
+    assert mode(path) == 0o600 and mode(path.parent) == 0o700
+    assert Settings.load(path).as_dict() == s.as_dict()
+    path.write_text(json.dumps({"model": 3, "detail": "Ultra", "language": "Klingon", "copy_results": "yes",
+                                "max_tokens": True}))
+    bad = Settings.load(path)
+    assert (bad.detail, bad.language, bad.copy_results, bad.max_tokens) == ("Balanced", "English", True, 256)
+    assert DETAILS["Fast"] == {"max_image_tokens": 64, "do_image_splitting": False}
+    assert DETAILS["Detailed"] == {"max_image_tokens": 256, "do_image_splitting": True}
+    assert len(LANGUAGES) == 9 and len(MODELS) == 5 and all(m.startswith("LiquidAI/LFM2.5-VL-450M-MLX-") for m in MODELS)
+    assert in_language("Describe this image.", "English") == "Describe this image."
+    assert in_language("Describe this image.", "Korean") == "Describe this image. Answer in Korean."
+
+
+# --- notifications ---------------------------------------------------------------------------
+class RaisingRumps:
+    calls = 0
+
+    @classmethod
+    def notification(cls, title, subtitle, message):
+        cls.calls += 1
+        raise RuntimeError('Failed to setup the notification center. This issue occurs when the "Info.plist" '
+                           'file cannot be found or is missing "CFBundleIdentifier".')
+
+
+def test_notification_falls_back_to_osascript_with_argv(monkeypatch):
+    runs, logs = [], []
+    notify = Notifier(RaisingRumps, run=lambda cmd, **kw: runs.append(cmd), log=logs.append)
+    tricky = 'He said "hi" \\ then; end run\n-- do shell script "rm -rf ~"'
+    assert notify('Caption "1"', tricky) == "osascript"
+    assert runs[0][: len(OSASCRIPT)] == OSASCRIPT and runs[0][len(OSASCRIPT):] == ['Caption "1"', tricky]
+    assert RaisingRumps.calls == 1 and "osascript" in logs[0]
+    notify("again", "x")  # rumps is not retried once it failed
+    assert RaisingRumps.calls == 1 and len(runs) == 2
+
+
+def test_notification_never_raises():
+    def broken(cmd, **kw):
+        raise FileNotFoundError("osascript")
+
+    ok = types.SimpleNamespace(notification=lambda t, s, m: None)
+    assert Notifier(ok, run=broken)("t", "m") == "rumps"
+    assert Notifier(None, run=broken, log=lambda line: None)("t", "m" * 10_000) == "none"
+
+
+def test_applescript_quote_escapes_quotes_and_backslashes():
+    assert applescript_quote('a "b" \\c') == '"a \\"b\\" \\\\c"'
+
+
+def test_osascript_fallback_really_runs_when_present():
+    if not Path("/usr/bin/osascript").exists():
+        pytest.skip("macOS only")
+    assert Notifier(None)("MLX Caption test", 'quotes " and \\ survive') == "osascript"
+
+
+# --- Launch at Login ----------------------------------------------------------------------------
+def test_launch_agent_plist(tmp_path):
+    agent = LaunchAgent(tmp_path / "LaunchAgents" / f"{BUNDLE_ID}.plist")
+    assert not agent.enabled()
+    agent.set(True)
+    data = plistlib.loads(agent.path.read_bytes())
+    assert data["Label"] == BUNDLE_ID and data["RunAtLoad"] is True
+    assert data["ProgramArguments"] == [sys.executable, "-m", "menubar"]
+    assert data["WorkingDirectory"] == str(ROOT) and mode(agent.path) == 0o644
+    agent.set(False)
+    assert not agent.enabled()
+    agent.disable()  # twice is fine
