@@ -82,8 +82,11 @@ def quantize_like_checkpoint(model: nn.Module, qcfg: dict, weights: dict) -> Non
     def predicate(name: str, module: nn.Module):
         if f"{name}.scales" not in weights:
             return False
-        override = qcfg.get(name)
-        return {**default, **override} if isinstance(override, dict) else True
+        for key in (name, name.removeprefix("language_model.")):  # mlx-lm style keys lack the prefix
+            override = qcfg.get(key)
+            if isinstance(override, dict):
+                return {**default, **override}
+        return True
 
     nn.quantize(model, group_size=default.get("group_size", 64), bits=default.get("bits", 4),
                 mode=default.get("mode", "affine"), class_predicate=predicate)
