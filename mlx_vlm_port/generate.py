@@ -10,6 +10,7 @@ from typing import Iterator
 import mlx.core as mx
 import numpy as np
 
+from . import prompt_cache
 from .processor import StreamingDetokenizer
 from .sample import apply_repetition_penalty, sample
 
@@ -40,13 +41,12 @@ def prefill(model, embeddings: mx.array, cache: list, step: int = 512) -> mx.arr
 
 
 def generate_tokens(model, inputs: dict, *, max_tokens: int, temperature: float, top_p: float,
-                    min_p: float, repetition_penalty: float, eos_ids: set, prefill_step_size: int = 512
+                    min_p: float, repetition_penalty: float, eos_ids: set, prefill_step_size: int = 2048
                     ) -> Iterator[tuple[int, float]]:
     """Yield (token, seconds to first token) for each new token; the caller stops on EOS."""
     tic = time.perf_counter()
-    embeds = model.get_input_embeddings(inputs["input_ids"], inputs.get("pixel_values"),
-                                        inputs.get("spatial_shapes"), inputs.get("pixel_attention_mask"))
     cache = model.language_model.make_cache()
+    embeds = prompt_cache.prepare(model, inputs, cache, prefill_step_size)
     seen = None
     if repetition_penalty != 1.0:
         seen = np.zeros((1, model.config.text_config.vocab_size), bool)
@@ -82,7 +82,7 @@ def stream_generate(model, processor, prompt: str, images: list | None = None, *
                     repetition_penalty: float = REPETITION_PENALTY, seed: int | None = None,
                     min_image_tokens: int | None = None, max_image_tokens: int | None = None,
                     do_image_splitting: bool | None = None, ignore_eos: bool = False,
-                    prefill_step_size: int = 512) -> Iterator[Response]:
+                    prefill_step_size: int = 2048) -> Iterator[Response]:
     """Generate from a templated prompt (and its images), one Response per new token."""
     if seed is not None:
         mx.random.seed(seed)

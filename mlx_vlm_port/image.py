@@ -112,15 +112,16 @@ def _aa_fixed_point(n_in: int, n_out: int):
     precision, m = 0, w.max()
     while precision < 22 and m * 2 ** (precision + 1) < 2**15:
         precision += 1
-    return starts, np.floor(w * 2**precision + 0.5).astype(np.int64), precision
+    return starts, np.floor(w * 2**precision + 0.5).astype(np.int32), precision
 
 
 def _resize_axis(a: np.ndarray, n_out: int, axis: int) -> np.ndarray:
     n_in = a.shape[axis]
     starts, wi, p = _aa_fixed_point(n_in, n_out)
-    a = np.moveaxis(a, axis, 0).astype(np.int64)
-    padded = np.concatenate([a, np.zeros((wi.shape[1],) + a.shape[1:], np.int64)])
-    acc = np.full((n_out,) + a.shape[1:], 1 << (p - 1) if p > 0 else 0, np.int64)
+    # int32 is enough: Σ pixel·weight ≤ 255·2^22 < 2^31.
+    a = np.moveaxis(a, axis, 0).astype(np.int32)
+    padded = np.concatenate([a, np.zeros((wi.shape[1],) + a.shape[1:], np.int32)])
+    acc = np.full((n_out,) + a.shape[1:], 1 << (p - 1) if p > 0 else 0, np.int32)
     for k in range(wi.shape[1]):
         acc += padded[starts + k] * wi[:, k].reshape((-1,) + (1,) * (a.ndim - 1))
     out = np.clip(acc >> p, 0, 255).astype(np.uint8)

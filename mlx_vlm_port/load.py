@@ -128,7 +128,8 @@ def load_model(path: Path, *, dtype: mx.Dtype | None = None, bits: int | None = 
     if dtype is None:  # bf16 arithmetic is emulated and slow on CPUs: compute in float32 there
         dtype = mx.float32 if mx.default_device() == mx.cpu else None
     if dtype is not None:
-        weights = {k: v.astype(dtype) if mx.issubdtype(v.dtype, mx.floating) else v for k, v in weights.items()}
+        weights = {k: v.astype(dtype) if mx.issubdtype(v.dtype, mx.floating) and v.dtype != dtype else v
+                   for k, v in weights.items()}
     model.load_weights(list(weights.items()), strict=True)
     if bits is not None:
         from .quant import quantize_model

@@ -8,6 +8,8 @@ from dataclasses import dataclass
 import mlx.core as mx
 import mlx.nn as nn
 
+from .streams import split_apply
+
 
 @dataclass
 class TextConfig:
@@ -91,6 +93,13 @@ class KVCache:
     def state(self):
         return self.keys, self.values
 
+    def snapshot(self):
+        return self.keys[..., : self.offset, :], self.values[..., : self.offset, :], self.offset
+
+    def restore(self, snapshot) -> None:
+        # The next update grows (copies) these arrays, so the snapshot stays intact.
+        self.keys, self.values, self.offset = snapshot
+
 
 class ConvCache:
     """The last L_cache−1 inputs of one short-conv layer."""
@@ -98,6 +107,12 @@ class ConvCache:
     def __init__(self):
         self.state = None
         self.offset = 0
+
+    def snapshot(self):
+        return self.state, self.offset
+
+    def restore(self, snapshot) -> None:
+        self.state, self.offset = snapshot
 
 
 class Attention(nn.Module):
@@ -169,7 +184,8 @@ class MLP(nn.Module):
         self.w2 = nn.Linear(c.ff_dim, c.hidden_size, bias=False)
 
     def __call__(self, x: mx.array) -> mx.array:
-        return self.w2(nn.silu(self.w1(x)) * self.w3(x))
+        gated = split_apply(lambda a, b: nn.silu(a) * b, (self.w1(x), self.w3(x)), axis=-2)  # by rows
+        return self.w2(gated)
 
 
 class DecoderLayer(nn.Module):

@@ -17,9 +17,9 @@ import mlx.nn as nn
 import numpy as np
 
 from ..image import aa_bilinear_matrix
+from .streams import split_apply
 
 MAX_VIEWS_PER_BATCH = 4  # bounds the attention scores' memory (views × heads × n²)
-
 
 @dataclass
 class VisionConfig:
@@ -54,7 +54,8 @@ class Attention(nn.Module):
         # (B, L, D) -> (B, heads, L, head_dim)
         q, k, v = (p(x).reshape(B, L, self.num_heads, -1).transpose(0, 2, 1, 3)
                    for p in (self.q_proj, self.k_proj, self.v_proj))
-        o = mx.fast.scaled_dot_product_attention(q, k, v, scale=self.scale)
+        o = split_apply(lambda q, k, v: mx.fast.scaled_dot_product_attention(q, k, v, scale=self.scale),
+                        (q, k, v), axis=1)  # heads
         return self.out_proj(o.transpose(0, 2, 1, 3).reshape(B, L, D))
 
 
@@ -65,7 +66,8 @@ class MLP(nn.Module):
         self.fc2 = nn.Linear(c.intermediate_size, c.hidden_size)
 
     def __call__(self, x: mx.array) -> mx.array:
-        return self.fc2(nn.gelu_approx(self.fc1(x)))  # gelu_pytorch_tanh
+        h = split_apply(nn.gelu_approx, (self.fc1(x),), axis=-2)  # gelu_pytorch_tanh, by rows
+        return self.fc2(h)
 
 
 class EncoderLayer(nn.Module):

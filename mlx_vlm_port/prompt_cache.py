@@ -1,0 +1,55 @@
+"""Reuse the last prompt's image work: a follow-up question about the same
+image skips the vision encoder and the prefill of everything up to the end
+of the image block (only the new question's tokens are processed)."""
+
+from __future__ import annotations
+
+import hashlib
+import weakref
+
+import mlx.core as mx
+import numpy as np
+
+# (weak ref to the model, key of the prompt up to its last image token, cache
+# snapshots there); one entry: the app asks follow-ups about the latest image.
+_last: tuple | None = None
+
+
+def _prefix(model, inputs: dict) -> tuple[int, bytes]:
+    """Length of the prompt up to its last image token, and a key naming it (ids and pixels)."""
+    ids = np.asarray(inputs["input_ids"][0])
+    end = int(np.flatnonzero(ids == model.config.image_token_id)[-1]) + 1
+    h = hashlib.sha1(ids[:end].tobytes())
+    for name in ("pixel_values", "spatial_shapes"):
+        h.update(np.asarray(inputs[name]).tobytes())
+    return end, h.digest()
+
+
+def prepare(model, inputs: dict, cache: list, step: int) -> mx.array:
+    """Fill `cache` with what can be reused or cheaply computed ahead; return the
+    embeddings of the prompt tokens still to be run (at least one)."""
+    ids = inputs["input_ids"]
+    if "pixel_values" not in inputs:
+        return model.get_input_embeddings(ids)
+    global _last
+    end, key = _prefix(model, inputs)
+    if end < ids.shape[1] and _last is not None and _last[0]() is model and _last[1] == key:
+        for c, state in zip(cache, _last[2]):
+            c.restore(state)
+        return model.language_model.model.embed_tokens(ids[:, end:])
+    embeds = model.get_input_embeddings(ids, inputs["pixel_values"], inputs["spatial_shapes"],
+                                        inputs.get("pixel_attention_mask"))
+    if end >= ids.shape[1]:
+        return embeds
+    for start in range(0, end, step):
+        model.language_model.model(embeds[:, start:min(start + step, end)], cache)
+        mx.eval([c.state for c in cache])
+    snapshots = [c.snapshot() for c in cache]
+    mx.eval(snapshots)
+    _last = (weakref.ref(model), key, snapshots)
+    return embeds[:, end:]
+
+
+def forget() -> None:
+    global _last
+    _last = None
