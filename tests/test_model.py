@@ -12,7 +12,8 @@ from mlx_vlm_port import load
 from mlx_vlm_port.generate import prefill
 from mlx_vlm_port.load import ModelLoadError
 from tests.images import synthetic_image
-from tests.tiny_checkpoint import make_tiny_checkpoint, read_safetensors, write_safetensors
+from tests.safetensors_io import read_safetensors, write_safetensors
+from tests.tiny_checkpoint import make_tiny_checkpoint
 
 MESSAGES = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "Describe this image."}]}]
 
