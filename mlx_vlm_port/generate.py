@@ -24,7 +24,7 @@ class Response:
     token: int
     prompt_tokens: int
     generation_tokens: int
-    prompt_seconds: float  # image encoding + prefill, i.e. time to the first token
+    prompt_seconds: float  # processor + vision encoder + prefill: the time to the first token
     generation_tps: float
     finish_reason: str | None = None  # "stop", "length" or None while generating
 
@@ -86,27 +86,29 @@ def stream_generate(model, processor, prompt: str, images: list | None = None, *
     """Generate from a templated prompt (and its images), one Response per new token."""
     if seed is not None:
         mx.random.seed(seed)
+    start = time.perf_counter()
     inputs = processor(prompt, images, min_image_tokens=min_image_tokens, max_image_tokens=max_image_tokens,
                        do_image_splitting=do_image_splitting)
     n_prompt = inputs["input_ids"].shape[1]
     eos = set() if ignore_eos else set(processor.eos_token_ids)
     detok = StreamingDetokenizer(processor)
+    preprocessing = time.perf_counter() - start
     tic, count = time.perf_counter(), 0
     for token, first in generate_tokens(model, inputs, max_tokens=max_tokens, temperature=temperature,
                                         top_p=top_p, min_p=min_p, repetition_penalty=repetition_penalty,
                                         eos_ids=eos, prefill_step_size=prefill_step_size):
         if count == 0:
-            tic = time.perf_counter()
+            tic, ttft = time.perf_counter(), first + preprocessing
         count += 1
         rate = (count - 1) / (time.perf_counter() - tic) if count > 1 else 0.0
         if token in eos:
-            yield Response("", token, n_prompt, count - 1, first, rate, "stop")
+            yield Response("", token, n_prompt, count - 1, ttft, rate, "stop")
             return
         text = detok.add(token)
         reason = "length" if count == max_tokens else None
         if reason:
             text += detok.flush()
-        yield Response(text, token, n_prompt, count, first, rate, reason)
+        yield Response(text, token, n_prompt, count, ttft, rate, reason)
 
 
 def generate(model, processor, prompt: str, images: list | None = None, *, max_tokens: int = 256,
