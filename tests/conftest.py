@@ -32,6 +32,18 @@ def tiny_path(checkpoints) -> Path:
     return checkpoints["default"]
 
 
+# Widths that are multiples of 128 everywhere except the projector's 64-wide hidden
+# layer (every quantization group size applies); `block_dim` is given because
+# mlx-vlm 0.7.10 sizes the LFM2 MLP from it (default 1024).
+WIDE = dict(text_overrides={"hidden_size": 128, "block_ff_dim": 384, "block_dim": 128},
+            vision_overrides={"hidden_size": 128, "intermediate_size": 256})
+
+
+@pytest.fixture(scope="session")
+def wide_path(tmp_path_factory) -> Path:
+    return make_tiny_checkpoint(tmp_path_factory.mktemp("wide") / "wide", seed=1, **WIDE)
+
+
 @pytest.fixture(scope="session")
 def loaded(checkpoints) -> dict:
     from mlx_vlm_port import load

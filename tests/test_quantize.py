@@ -20,15 +20,6 @@ from tests.images import synthetic_image
 from tests.tiny_checkpoint import make_tiny_checkpoint
 
 MESSAGES = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "Describe this image."}]}]
-# Widths that are multiples of 128 everywhere except the projector's 64-wide hidden layer.
-WIDE = dict(text_overrides={"hidden_size": 128, "block_ff_dim": 384, "block_dim": 128},
-            vision_overrides={"hidden_size": 128, "intermediate_size": 256})
-
-
-@pytest.fixture(scope="module")
-def wide_path(tmp_path_factory):
-    return make_tiny_checkpoint(tmp_path_factory.mktemp("wide") / "wide", seed=1, **WIDE)
-
 
 @pytest.fixture(scope="module")
 def sources(tiny_path, wide_path):

@@ -15,21 +15,11 @@ from mlx.utils import tree_flatten
 from mlx_vlm_port import load
 from quantize.convert import convert
 from tests.images import synthetic_image
-from tests.tiny_checkpoint import make_tiny_checkpoint
 
 vlm_utils = pytest.importorskip("mlx_vlm.utils")
 vlm_convert = pytest.importorskip("mlx_vlm.convert")
 
 MESSAGES = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "What is in the picture?"}]}]
-# mlx-vlm 0.7.10 sizes the LFM2 MLP from `block_dim` (default 1024): its own converter needs it in the source.
-WIDE = dict(text_overrides={"hidden_size": 128, "block_ff_dim": 384, "block_dim": 128},
-            vision_overrides={"hidden_size": 128, "intermediate_size": 256})
-
-
-@pytest.fixture(scope="module")
-def wide_path(tmp_path_factory):
-    return make_tiny_checkpoint(tmp_path_factory.mktemp("vlm") / "wide", seed=2, **WIDE)
-
 
 @pytest.fixture(scope="module")
 def x(wide_path):
