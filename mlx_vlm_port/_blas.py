@@ -37,13 +37,27 @@ def candidates() -> list[str]:
     return mkl[:1] + [p for p in SYSTEM_OPENBLAS if os.path.exists(p)]
 
 
+def _optimised_blas_mapped() -> bool:
+    try:
+        with open("/proc/self/maps") as f:
+            return any(name in line for line in f for name in ("openblas", "mkl_rt", "blis"))
+    except OSError:
+        return True  # cannot tell: stay quiet
+
+
 def preload() -> str | None:
     """Load the first usable library; returns its path (None if none or skipped)."""
     global loaded
     if loaded or not sys.platform.startswith("linux") or os.environ.get("MLX_VLM_PORT_NO_BLAS"):
         return loaded
-    if "mlx.core" in sys.modules:
-        return None  # too late: MLX already bound its BLAS
+    if "mlx.core" in sys.modules:  # too late: MLX already bound its BLAS
+        if not _optimised_blas_mapped() and candidates():
+            import warnings
+
+            warnings.warn("mlx was imported before mlx_vlm_port, so MLX uses its reference BLAS (~35x slower "
+                          "matmuls on the CPU): import mlx_vlm_port first, or LD_PRELOAD an optimised BLAS",
+                          RuntimeWarning, stacklevel=3)
+        return None
     for path in candidates():
         try:
             ctypes.CDLL(path, mode=ctypes.RTLD_GLOBAL)

@@ -69,10 +69,10 @@ def reference(folder: Path) -> None:
 
 
 def compare(folder: Path) -> int:
-    import mlx.core as mx
-
-    from mlx_vlm_port import load
+    from mlx_vlm_port import load  # first: it loads the optimised BLAS before MLX
     from mlx_vlm_port.generate import generate_tokens
+
+    import mlx.core as mx
 
     ref = np.load(folder / "reference.npz")
     model, processor = load(folder / "checkpoint")
