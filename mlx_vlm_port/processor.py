@@ -4,7 +4,6 @@ Lfm2VlProcessor + Lfm2VlImageProcessor)."""
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import math
 from dataclasses import dataclass
@@ -12,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .config import known_fields
 from .image import load_image, resize_uint8
 
 
@@ -35,8 +35,7 @@ class ImageConfig:
 
     @classmethod
     def from_dict(cls, d: dict) -> "ImageConfig":
-        names = {f.name for f in dataclasses.fields(cls)}
-        return cls(**{k: v for k, v in d.items() if k in names and v is not None})
+        return cls(**known_fields(cls, d))
 
 
 def _round_by_factor(x: float, factor: int) -> int:

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass
 
 import mlx.core as mx
 import mlx.nn as nn
 
+from ..config import known_fields
 from .streams import split_apply
 
 
@@ -46,8 +46,7 @@ class TextConfig:
             attn = d.get("full_attn_idxs")
             attn = range(n) if attn is None else attn
             d["layer_types"] = ["full_attention" if i in attn else "conv" for i in range(n)]
-        names = {f.name for f in dataclasses.fields(cls)}
-        c = cls(**{k: v for k, v in d.items() if k in names and v is not None})
+        c = cls(**known_fields(cls, d))
         c.block_ffn_dim_multiplier = d.get("block_ffn_dim_multiplier", 1.0)  # None is meaningful
         return c
 

@@ -7,13 +7,13 @@ load in mlx-vlm too; `sanitize` maps every other published layout onto it.
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass, field
 
 import mlx.core as mx
 import mlx.nn as nn
 import numpy as np
 
+from ..config import known_fields
 from . import lfm2, siglip2
 
 
@@ -42,10 +42,10 @@ class ModelConfig:
         # The top-level tie flag governs the whole model (absent or null means tied).
         tie = d.get("tie_word_embeddings", text.get("tie_word_embeddings", d.get("tie_embedding")))
         text["tie_word_embeddings"] = tie is not False
-        names = {f.name for f in dataclasses.fields(cls)} - {"vision_config", "text_config"}
-        return cls(vision_config=siglip2.VisionConfig.from_dict(d.get("vision_config") or {}),
-                   text_config=lfm2.TextConfig.from_dict(text),
-                   **{k: v for k, v in d.items() if k in names and v is not None})
+        fields = known_fields(cls, d)
+        fields.update(vision_config=siglip2.VisionConfig.from_dict(d.get("vision_config") or {}),
+                      text_config=lfm2.TextConfig.from_dict(text))
+        return cls(**fields)
 
 
 class Projector(nn.Module):

@@ -8,7 +8,6 @@ same numbers (a masked key contributes exactly 0) for less work.
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass
 from functools import lru_cache
 
@@ -16,6 +15,7 @@ import mlx.core as mx
 import mlx.nn as nn
 import numpy as np
 
+from ..config import known_fields
 from ..image import aa_bilinear_matrix
 from .streams import split_apply
 
@@ -34,8 +34,7 @@ class VisionConfig:
 
     @classmethod
     def from_dict(cls, d: dict) -> "VisionConfig":
-        names = {f.name for f in dataclasses.fields(cls)}
-        return cls(**{k: v for k, v in d.items() if k in names})
+        return cls(**known_fields(cls, d))
 
 
 class Attention(nn.Module):
