@@ -31,12 +31,8 @@ class Response:
 
 def prefill(model, embeddings: mx.array, cache: list, step: int = 512) -> mx.array:
     """Run the prompt through the LM in chunks; logits (1, vocab) of its last position."""
-    n = embeddings.shape[1]
-    for start in range(0, n - 1, step):
-        end = min(start + step, n - 1)
-        model.language_model.model(embeddings[:, start:end], cache)
-        mx.eval([c.state for c in cache])
-    hidden = model.language_model.model(embeddings[:, n - 1:], cache)
+    prompt_cache.feed(model, embeddings[:, :-1], cache, step)
+    hidden = model.language_model.model(embeddings[:, -1:], cache)
     return model.language_model.head(hidden)[:, -1]
 
 

@@ -25,6 +25,14 @@ def _prefix(model, inputs: dict) -> tuple[int, bytes]:
     return end, h.digest()
 
 
+def feed(model, embeddings: mx.array, cache: list, step: int) -> None:
+    """Run embeddings (1, n, D) through the LM into `cache`, `step` tokens at a time
+    (bounding the attention scores' memory), computing no logits."""
+    for start in range(0, embeddings.shape[1], step):
+        model.language_model.model(embeddings[:, start:start + step], cache)
+        mx.eval([c.state for c in cache])
+
+
 def prepare(model, inputs: dict, cache: list, step: int) -> mx.array:
     """Fill `cache` with what can be reused or cheaply computed ahead; return the
     embeddings of the prompt tokens still to be run (at least one)."""
@@ -41,9 +49,7 @@ def prepare(model, inputs: dict, cache: list, step: int) -> mx.array:
                                         inputs.get("pixel_attention_mask"))
     if end >= ids.shape[1]:
         return embeds
-    for start in range(0, end, step):
-        model.language_model.model(embeds[:, start:min(start + step, end)], cache)
-        mx.eval([c.state for c in cache])
+    feed(model, embeds[:, :end], cache, step)
     snapshots = [c.snapshot() for c in cache]
     mx.eval(snapshots)
     _last = (weakref.ref(model), key, snapshots)
