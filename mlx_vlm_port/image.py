@@ -1,7 +1,7 @@
 """Image input: decoding to RGB uint8, and the exact resize the reference uses.
 
-The reference processor resizes the uint8 image with torchvision's antialiased
-bilinear kernel. `resize_uint8` reproduces that kernel's fixed-point arithmetic
+The reference processors resize the uint8 image with torchvision's antialiased
+kernels (bilinear for LFM2-VL, lanczos for Idefics3). `resize_uint8` reproduces that kernel's fixed-point arithmetic
 bit for bit, so our pixel values equal the reference's, not merely resemble them.
 """
 
@@ -87,37 +87,52 @@ def to_rgb(image) -> "PIL.Image.Image":
     return image.convert("RGB")
 
 
+def _triangle(x: np.ndarray) -> np.ndarray:
+    return np.maximum(0.0, 1.0 - np.abs(x))
+
+
+def _lanczos3(x: np.ndarray) -> np.ndarray:
+    return np.where(np.abs(x) < 3.0, np.sinc(x) * np.sinc(x / 3.0), 0.0)
+
+
+# filter name → (kernel, half-width of its support at scale 1)
+FILTERS = {"bilinear": (_triangle, 1.0), "lanczos": (_lanczos3, 3.0)}
+
+
 @lru_cache(maxsize=128)
-def _aa_taps(n_in: int, n_out: int):
-    """Taps of torch's antialiased bilinear pass n_in → n_out (align_corners=False):
+def _aa_taps(n_in: int, n_out: int, kind: str = "bilinear"):
+    """Taps of torch's antialiased `kind` pass n_in → n_out (align_corners=False):
     each output i reads inputs starts[i] .. starts[i]+K-1 with weights[i] (summing to 1)."""
+    kernel, half = FILTERS[kind]
     scale = n_in / n_out
-    support, inv = (scale, 1.0 / scale) if scale >= 1.0 else (1.0, 1.0)
+    support, inv = (half * scale, 1.0 / scale) if scale >= 1.0 else (half, 1.0)
     starts = np.zeros(n_out, np.int64)
     weights = np.zeros((n_out, int(np.ceil(support)) * 2 + 1), np.float64)
     for i in range(n_out):
         center = scale * (i + 0.5)
         x0 = max(int(center - support + 0.5), 0)
         x1 = min(int(center + support + 0.5), n_in)
-        ws = np.maximum(0.0, 1.0 - np.abs((np.arange(x0, x1) - center + 0.5) * inv))
+        ws = kernel((np.arange(x0, x1) - center + 0.5) * inv)
         starts[i] = x0
         weights[i, : x1 - x0] = ws / ws.sum()
     return starts, weights
 
 
 @lru_cache(maxsize=128)
-def _aa_fixed_point(n_in: int, n_out: int):
-    """The taps in torch's uint8 fixed point: integer weights and their precision bits."""
-    starts, w = _aa_taps(n_in, n_out)
+def _aa_fixed_point(n_in: int, n_out: int, kind: str):
+    """The taps in torch's uint8 fixed point: integer weights (rounded half away
+    from zero; lanczos has negative lobes) and their precision bits."""
+    starts, w = _aa_taps(n_in, n_out, kind)
     precision, m = 0, w.max()
     while precision < 22 and m * 2 ** (precision + 1) < 2**15:
         precision += 1
-    return starts, np.floor(w * 2**precision + 0.5).astype(np.int32), precision
+    scaled = w * 2**precision
+    return starts, np.trunc(scaled + np.copysign(0.5, scaled)).astype(np.int32), precision
 
 
-def _resize_axis(a: np.ndarray, n_out: int, axis: int) -> np.ndarray:
+def _resize_axis(a: np.ndarray, n_out: int, axis: int, kind: str) -> np.ndarray:
     n_in = a.shape[axis]
-    starts, wi, p = _aa_fixed_point(n_in, n_out)
+    starts, wi, p = _aa_fixed_point(n_in, n_out, kind)
     # int32 is enough: Σ pixel·weight ≤ 255·2^22 < 2^31.
     a = np.moveaxis(a, axis, 0).astype(np.int32)
     padded = np.concatenate([a, np.zeros((wi.shape[1],) + a.shape[1:], np.int32)])
@@ -128,12 +143,13 @@ def _resize_axis(a: np.ndarray, n_out: int, axis: int) -> np.ndarray:
     return np.moveaxis(out, 0, axis)
 
 
-def resize_uint8(image: np.ndarray, height: int, width: int) -> np.ndarray:
-    """Antialiased bilinear resize of an (H, W, C) uint8 array, bit-exact with torchvision."""
+def resize_uint8(image: np.ndarray, height: int, width: int, kind: str = "bilinear") -> np.ndarray:
+    """Antialiased resize of an (H, W, C) uint8 array, bit-exact with torchvision's
+    uint8 kernel (`kind` "bilinear" or "lanczos"): rows first, then columns."""
     if image.shape[1] != width:
-        image = _resize_axis(image, width, 1)
+        image = _resize_axis(image, width, 1, kind)
     if image.shape[0] != height:
-        image = _resize_axis(image, height, 0)
+        image = _resize_axis(image, height, 0, kind)
     return image
 
 
