@@ -32,8 +32,7 @@ class Response:
 def prefill(model, embeddings: mx.array, cache: list, step: int = 512) -> mx.array:
     """Run the prompt through the LM in chunks; logits (1, vocab) of its last position."""
     prompt_cache.feed(model, embeddings[:, :-1], cache, step)
-    hidden = model.language_model.model(embeddings[:, -1:], cache)
-    return model.language_model.head(hidden)[:, -1]
+    return model.language_model(embeddings[:, -1:], cache)[:, -1]
 
 
 def generate_tokens(model, inputs: dict, *, max_tokens: int, temperature: float, top_p: float,
@@ -41,7 +40,8 @@ def generate_tokens(model, inputs: dict, *, max_tokens: int, temperature: float,
                     ) -> Iterator[tuple[int, float]]:
     """Yield (token, seconds to first token) for each new token; the caller stops on EOS."""
     tic = time.perf_counter()
-    cache = model.language_model.make_cache()
+    lm = model.language_model
+    cache = lm.make_cache()
     embeds = prompt_cache.prepare(model, inputs, cache, prefill_step_size)
     seen = None
     if repetition_penalty != 1.0:
@@ -64,7 +64,7 @@ def generate_tokens(model, inputs: dict, *, max_tokens: int, temperature: float,
         token = y.item()
         if n + 1 < max_tokens and token not in eos_ids:
             # Build and launch the next step before handing this token out.
-            next_y = choose(model.language_model(model.language_model.model.embed_tokens(y[None]), cache)[:, -1])
+            next_y = choose(lm(lm.embed(y[None]), cache)[:, -1])
             mx.async_eval(next_y)
         yield token, first
         if token in eos_ids:

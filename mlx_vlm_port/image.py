@@ -153,6 +153,13 @@ def resize_uint8(image: np.ndarray, height: int, width: int, kind: str = "biline
     return image
 
 
+def normalize_uint8(image: np.ndarray, mean, std, rescale_factor: float) -> np.ndarray:
+    """(u8 · rescale − mean) / std in float32, computed as the reference does: (u8 − mean/rescale) / (std/rescale)."""
+    mean = np.asarray(mean, np.float32) / np.float32(rescale_factor)
+    std = np.asarray(std, np.float32) / np.float32(rescale_factor)
+    return (image.astype(np.float32) - mean) / std
+
+
 def aa_bilinear_matrix(n_in: int, n_out: int) -> np.ndarray:
     """The dense (n_out, n_in) float matrix of the same interpolation, used to
     resize the vision position-embedding grid."""

@@ -1,149 +1,48 @@
-"""LFM2-VL processor: images → patches, prompt → token ids. NumPy, PIL and
-`tokenizers` only; its numbers equal the reference processor's (transformers'
-Lfm2VlProcessor + Lfm2VlImageProcessor)."""
+"""The processor: chat template, `<image>` expansion and tokenizer, with the image
+rules of the checkpoint's family (processing_lfm2_vl, processing_idefics3).
+NumPy, PIL and `tokenizers` only; its numbers equal the reference processors'."""
 
 from __future__ import annotations
 
 import json
-import math
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from .config import known_fields
-from .image import load_image, resize_uint8
+from . import processing_idefics3, processing_lfm2_vl
+from .image import load_image
+
+# model_type (config.json) → the module with that family's ImageProcessor
+FAMILIES = {"lfm2_vl": processing_lfm2_vl, "idefics3": processing_idefics3}
+# preprocessor_config.json's image_processor_type, for folders without config.json
+IMAGE_PROCESSOR_TYPES = {"Lfm2VlImageProcessor": "lfm2_vl", "Idefics3ImageProcessor": "idefics3"}
 
 
-@dataclass
-class ImageConfig:
-    """Image-processor settings; defaults are LFM2.5-VL's. Unknown keys are ignored."""
-
-    min_image_tokens: int = 32
-    max_image_tokens: int = 256
-    do_image_splitting: bool = True
-    tile_size: int = 512
-    min_tiles: int = 2
-    max_tiles: int = 10
-    use_thumbnail: bool = True
-    max_pixels_tolerance: float = 2.0
-    encoder_patch_size: int = 16
-    downsample_factor: int = 2
-    rescale_factor: float = 1 / 255
-    image_mean: tuple = (0.5, 0.5, 0.5)
-    image_std: tuple = (0.5, 0.5, 0.5)
-
-    @classmethod
-    def from_dict(cls, d: dict) -> "ImageConfig":
-        return cls(**known_fields(cls, d))
-
-
-def _round_by_factor(x: float, factor: int) -> int:
-    return round(x / factor) * factor  # Python's round (half to even), as the reference
-
-
-def smart_resize(height: int, width: int, c: ImageConfig, min_tokens: int, max_tokens: int) -> tuple[int, int]:
-    """Size (h, w), multiples of patch·downsample, whose token count lies in [min, max]."""
-    f = c.encoder_patch_size * c.downsample_factor
-    min_pixels, max_pixels = min_tokens * f * f, max_tokens * f * f
-    h = max(f, _round_by_factor(height, f))
-    w = max(f, _round_by_factor(width, f))
-    if h * w > max_pixels:
-        beta = math.sqrt(height * width / max_pixels)
-        h = max(f, math.floor(height / beta / f) * f)
-        w = max(f, math.floor(width / beta / f) * f)
-    elif h * w < min_pixels:
-        beta = math.sqrt(min_pixels / (height * width))
-        h = math.ceil(height * beta / f) * f
-        w = math.ceil(width * beta / f) * f
-    return h, w
-
-
-def _is_too_large(height: int, width: int, c: ImageConfig, max_tokens: int) -> bool:
-    f = c.encoder_patch_size * c.downsample_factor
-    h = max(c.encoder_patch_size, _round_by_factor(height, f))
-    w = max(c.encoder_patch_size, _round_by_factor(width, f))
-    return h * w > max_tokens * f * f * c.max_pixels_tolerance
-
-
-def grid_layout(height: int, width: int, min_tiles: int, max_tiles: int, tile_size: int) -> tuple[int, int]:
-    """(rows, cols) of tiles: the ratio closest to the image's, ties going to the
-    larger grid when the image covers over half of it (the reference's rule)."""
-    ratios = sorted(
-        {(w, h) for n in range(min_tiles, max_tiles + 1) for w in range(1, n + 1) for h in range(1, n + 1)
-         if min_tiles <= w * h <= max_tiles},
-        key=lambda r: r[0] * r[1],
-    )
-    aspect, best, best_diff = width / height, (1, 1), float("inf")
-    for r in ratios:
-        diff = abs(aspect - r[0] / r[1])
-        if diff < best_diff:
-            best, best_diff = r, diff
-        elif diff == best_diff and width * height > 0.5 * tile_size * tile_size * r[0] * r[1]:
-            best = r
-    return best[1], best[0]
-
-
-class ImageProcessor:
-    def __init__(self, config: ImageConfig | None = None):
-        self.config = config or ImageConfig()
-
-    def tokens_for(self, height: int, width: int) -> int:
-        """Image tokens of a view of this pixel size after the encoder and unshuffle."""
-        c = self.config
-        return math.ceil((height // c.encoder_patch_size) / c.downsample_factor) * math.ceil(
-            (width // c.encoder_patch_size) / c.downsample_factor)
-
-    def views(self, image: np.ndarray, *, min_image_tokens: int, max_image_tokens: int,
-              do_image_splitting: bool, min_tiles: int, max_tiles: int, use_thumbnail: bool):
-        """Resize/tile one (H, W, 3) uint8 image. Returns its views (uint8 arrays),
-        the (rows, cols) grid and the smart-resized (h, w) of the single view/thumbnail."""
-        c = self.config
-        height, width = image.shape[:2]
-        if not do_image_splitting:
-            min_tiles = max_tiles = 1
-        elif min_tiles > max_tiles:
-            raise ValueError("min_tiles must be less than or equal to max_tiles")
-        size = smart_resize(height, width, c, min_image_tokens, max_image_tokens)
-        if _is_too_large(height, width, c, max_image_tokens) and not min_tiles == max_tiles == 1:
-            rows, cols = grid_layout(height, width, min_tiles, max_tiles, c.tile_size)
-            t = c.tile_size
-            big = resize_uint8(image, rows * t, cols * t)
-            views = [big[r * t:(r + 1) * t, q * t:(q + 1) * t] for r in range(rows) for q in range(cols)]
-            if use_thumbnail and rows * cols != 1:
-                views.append(resize_uint8(image, *size))
-            return views, (rows, cols), size
-        return [resize_uint8(image, *size)], (1, 1), size
-
-    def patchify(self, view: np.ndarray, max_patches: int) -> tuple[np.ndarray, int, int]:
-        """Normalise one uint8 view and cut it into (max_patches, p·p·3) rows, zero-padded."""
-        c, p = self.config, self.config.encoder_patch_size
-        mean = np.asarray(c.image_mean, np.float32) / np.float32(c.rescale_factor)
-        std = np.asarray(c.image_std, np.float32) / np.float32(c.rescale_factor)
-        x = (view.astype(np.float32) - mean) / std
-        nh, nw = view.shape[0] // p, view.shape[1] // p
-        # (H, W, C) -> (nh, p, nw, p, C) -> (nh, nw, p, p, C) -> (nh·nw, p·p·C)
-        x = x[: nh * p, : nw * p].reshape(nh, p, nw, p, -1).transpose(0, 2, 1, 3, 4).reshape(nh * nw, -1)
-        if nh * nw > max_patches:
-            raise ValueError(f"a view of {nh}×{nw} patches exceeds max_num_patches={max_patches}")
-        out = np.zeros((max_patches, x.shape[1]), np.float32)
-        out[: nh * nw] = x
-        return out, nh, nw
+def model_type(path: Path) -> str:
+    """The family of a checkpoint folder, normalised (`lfm2-vl` → `lfm2_vl`)."""
+    kind = _read_json(path / "config.json").get("model_type")
+    if kind is None:
+        kind = IMAGE_PROCESSOR_TYPES.get(_read_json(path / "preprocessor_config.json").get("image_processor_type"))
+    kind = str(kind).replace("-", "_")
+    if kind not in FAMILIES:
+        raise ValueError(f"model_type {kind!r} is not supported; supported: {', '.join(FAMILIES)}")
+    return kind
 
 
 class Processor:
     """Chat template, `<image>` expansion, tokenizer and image processor of one checkpoint."""
 
-    def __init__(self, tokenizer, chat_template: str | None, image_processor: ImageProcessor,
-                 bos_token: str = "<|startoftext|>", eos_token: str = "<|im_end|>"):
+    def __init__(self, tokenizer, chat_template: str | None, image_processor,
+                 bos_token: str = "<|startoftext|>", eos_token: str = "<|im_end|>",
+                 extra_eos_ids: tuple = ()):
         self.tokenizer = tokenizer
         self.image_processor = image_processor
         self.chat_template = chat_template
         self.bos_token, self.eos_token = bos_token, eos_token
-        self.image_token = "<image>"
+        self.image_token = image_processor.image_token
         self.image_token_id = tokenizer.token_to_id(self.image_token)
-        self.eos_token_ids = {i for i in (tokenizer.token_to_id(eos_token), tokenizer.token_to_id("<|endoftext|>"))
-                              if i is not None}
+        ids = (tokenizer.token_to_id(eos_token), tokenizer.token_to_id("<|endoftext|>"), *extra_eos_ids)
+        self.eos_token_ids = {i for i in ids if i is not None}
         self._template = None
 
     @classmethod
@@ -163,10 +62,12 @@ class Processor:
         elif (path / "chat_template.json").exists():
             template = _read_json(path / "chat_template.json").get("chat_template")
         template = template or tok_cfg.get("chat_template") or settings.get("chat_template")
-        return cls(Tokenizer.from_file(str(path / "tokenizer.json")), template,
-                   ImageProcessor(ImageConfig.from_dict(settings)),
+        eos = _read_json(path / "generation_config.json").get("eos_token_id")
+        image_processor = FAMILIES[model_type(path)].ImageProcessor.from_settings(settings)
+        return cls(Tokenizer.from_file(str(path / "tokenizer.json")), template, image_processor,
                    bos_token=_token_str(tok_cfg.get("bos_token"), "<|startoftext|>"),
-                   eos_token=_token_str(tok_cfg.get("eos_token"), "<|im_end|>"))
+                   eos_token=_token_str(tok_cfg.get("eos_token"), "<|im_end|>"),
+                   extra_eos_ids=tuple(eos) if isinstance(eos, list) else (eos,) if isinstance(eos, int) else ())
 
     def apply_chat_template(self, messages: list, add_generation_prompt: bool = True, tools: list | None = None) -> str:
         if self.chat_template is None:
@@ -186,62 +87,39 @@ class Processor:
         return self._template.render(messages=messages, tools=tools, add_generation_prompt=add_generation_prompt,
                                      bos_token=self.bos_token, eos_token=self.eos_token)
 
-    def image_placeholder(self, grid: tuple[int, int], size: tuple[int, int], use_thumbnail: bool) -> str:
-        """The text an `<image>` becomes: start, per-tile markers and tokens, thumbnail, end."""
-        c, ip = self.image_processor.config, self.image_processor
-        rows, cols = grid
-        parts = ["<|image_start|>"]
-        if rows > 1 or cols > 1:
-            per_tile = ip.tokens_for(c.tile_size, c.tile_size)
-            for r in range(rows):
-                for q in range(cols):
-                    parts += [f"<|img_row_{r + 1}_col_{q + 1}|>", self.image_token * per_tile]
-            if use_thumbnail:
-                parts += ["<|img_thumbnail|>", self.image_token * ip.tokens_for(*size)]
-        else:
-            parts.append(self.image_token * ip.tokens_for(*size))
-        parts.append("<|image_end|>")
-        return "".join(parts)
-
     def __call__(self, text: str, images: list | None = None, *, min_image_tokens: int | None = None,
                  max_image_tokens: int | None = None, do_image_splitting: bool | None = None,
                  min_tiles: int | None = None, max_tiles: int | None = None,
-                 use_thumbnail: bool | None = None, return_numpy: bool = False) -> dict:
+                 use_thumbnail: bool | None = None, longest_edge: int | None = None,
+                 return_numpy: bool = False) -> dict:
         """Tokenise `text`, expanding each `<image>` for the matching image.
 
-        Returns input_ids (1, L) and, with images, pixel_values (V, P, p·p·3),
-        pixel_attention_mask (V, P) and spatial_shapes (V, 2), V = all views of all images."""
-        c = self.image_processor.config
-        opts = dict(
-            min_image_tokens=c.min_image_tokens if min_image_tokens is None else min_image_tokens,
-            max_image_tokens=c.max_image_tokens if max_image_tokens is None else max_image_tokens,
-            do_image_splitting=c.do_image_splitting if do_image_splitting is None else do_image_splitting,
-            min_tiles=c.min_tiles if min_tiles is None else min_tiles,
-            max_tiles=c.max_tiles if max_tiles is None else max_tiles,
-            use_thumbnail=c.use_thumbnail if use_thumbnail is None else use_thumbnail,
-        )
+        Image options apply to one family: the token budget and tiling options to
+        LFM2-VL, `longest_edge` to Idefics3 (SmolVLM); `do_image_splitting` to both.
+        Returns input_ids (1, L) and, with images, the family's image arrays
+        (pixel_values first; all views of all images along axis 0)."""
+        given = {k: v for k, v in dict(
+            min_image_tokens=min_image_tokens, max_image_tokens=max_image_tokens,
+            do_image_splitting=do_image_splitting, min_tiles=min_tiles, max_tiles=max_tiles,
+            use_thumbnail=use_thumbnail, longest_edge=longest_edge).items() if v is not None}
+        unknown = sorted(set(given) - set(self.image_processor.OPTIONS))
+        if unknown:
+            raise ValueError(f"{', '.join(unknown)} does not apply to this checkpoint's image processor "
+                             f"(it takes {', '.join(self.image_processor.OPTIONS)})")
         images = list(images or [])
         pieces = text.split(self.image_token)
         if len(pieces) - 1 != len(images):
             raise ValueError(f"the prompt has {len(pieces) - 1} {self.image_token} tokens "
                              f"but {len(images)} images were given")
-        tile_patches = (c.tile_size // c.encoder_patch_size) ** 2 if opts["do_image_splitting"] else 0
-        max_patches = max(opts["max_image_tokens"] * c.downsample_factor**2, tile_patches)
-        expanded, pixels, masks, shapes = [pieces[0]], [], [], []
+        expanded, arrays = [pieces[0]], []
         for image, piece in zip(images, pieces[1:]):
-            array = np.asarray(load_image(image))
-            views, grid, size = self.image_processor.views(array, **opts)
-            expanded += [self.image_placeholder(grid, size, opts["use_thumbnail"]), piece]
-            for view in views:
-                patches, nh, nw = self.image_processor.patchify(view, max_patches)
-                mask = np.zeros(max_patches, np.int32)
-                mask[: nh * nw] = 1
-                pixels.append(patches), masks.append(mask), shapes.append((nh, nw))
-        ids = np.array([self.tokenizer.encode("".join(expanded), add_special_tokens=False).ids], np.int32)
-        out = {"input_ids": ids}
-        if images:
-            out.update(pixel_values=np.stack(pixels), pixel_attention_mask=np.stack(masks),
-                       spatial_shapes=np.array(shapes, np.int32))
+            placeholder, image_arrays = self.image_processor.expand(np.asarray(load_image(image)), **given)
+            expanded += [placeholder, piece]
+            arrays.append(image_arrays)
+        encoding = self.tokenizer.encode("".join(expanded), add_special_tokens=self.image_processor.add_special_tokens)
+        out = {"input_ids": np.array([encoding.ids], np.int32)}
+        for name in arrays[0] if arrays else ():
+            out[name] = np.concatenate([a[name] for a in arrays])
         if return_numpy:
             return out
         import mlx.core as mx

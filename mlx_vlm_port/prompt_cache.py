@@ -20,8 +20,9 @@ def _prefix(model, inputs: dict) -> tuple[int, bytes]:
     ids = np.asarray(inputs["input_ids"][0])
     end = int(np.flatnonzero(ids == model.config.image_token_id)[-1]) + 1
     h = hashlib.sha1(ids[:end].tobytes())
-    for name in ("pixel_values", "spatial_shapes"):
-        h.update(np.asarray(inputs[name]).tobytes())
+    for name in sorted(inputs):  # the image arrays, whatever the family calls them
+        if name != "input_ids":
+            h.update(name.encode() + np.asarray(inputs[name]).tobytes())
     return end, h.digest()
 
 
@@ -29,7 +30,7 @@ def feed(model, embeddings: mx.array, cache: list, step: int) -> None:
     """Run embeddings (1, n, D) through the LM into `cache`, `step` tokens at a time
     (bounding the attention scores' memory), computing no logits."""
     for start in range(0, embeddings.shape[1], step):
-        model.language_model.model(embeddings[:, start:start + step], cache)
+        model.language_model.hidden(embeddings[:, start:start + step], cache)
         mx.eval([c.state for c in cache])
 
 
@@ -44,9 +45,9 @@ def prepare(model, inputs: dict, cache: list, step: int) -> mx.array:
     if end < ids.shape[1] and _last is not None and _last[0]() is model and _last[1] == key:
         for c, state in zip(cache, _last[2]):
             c.restore(state)
-        return model.language_model.model.embed_tokens(ids[:, end:])
-    embeds = model.get_input_embeddings(ids, inputs["pixel_values"], inputs["spatial_shapes"],
-                                        inputs.get("pixel_attention_mask"))
+        return model.language_model.embed(ids[:, end:])
+    images = {k: v for k, v in inputs.items() if k != "input_ids"}  # the family's own image inputs
+    embeds = model.get_input_embeddings(ids, **images)
     if end >= ids.shape[1]:
         return embeds
     feed(model, embeds[:, :end], cache, step)

@@ -7,7 +7,7 @@ import pytest
 from PIL import Image
 
 from mlx_vlm_port.image import ImageError, load_image, resize_uint8
-from mlx_vlm_port.processor import ImageConfig, grid_layout, smart_resize
+from mlx_vlm_port.processing_lfm2_vl import ImageConfig, grid_layout, smart_resize
 from tests.images import synthetic_image
 
 MESSAGES = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "Describe this image."}]}]

@@ -8,6 +8,7 @@ import mlx.core as mx
 import mlx.nn as nn
 
 from ..config import known_fields
+from .cache import KVCache, causal_mask
 from .streams import split_apply
 
 
@@ -63,43 +64,6 @@ class TextConfig:
         return ff
 
 
-class KVCache:
-    """Keys and values of one attention layer, grown in steps to avoid a copy per token."""
-
-    step = 256
-
-    def __init__(self):
-        self.keys = self.values = None
-        self.offset = 0
-
-    def update_and_fetch(self, k: mx.array, v: mx.array) -> tuple[mx.array, mx.array]:
-        n = k.shape[2]
-        if self.keys is None or self.offset + n > self.keys.shape[2]:
-            grow = ((n + self.step - 1) // self.step) * self.step
-            new_k = mx.zeros((*k.shape[:2], grow, k.shape[3]), k.dtype)
-            new_v = mx.zeros((*v.shape[:2], grow, v.shape[3]), v.dtype)
-            if self.keys is None:
-                self.keys, self.values = new_k, new_v
-            else:
-                self.keys = mx.concatenate([self.keys[..., : self.offset, :], new_k], axis=2)
-                self.values = mx.concatenate([self.values[..., : self.offset, :], new_v], axis=2)
-        self.keys[..., self.offset: self.offset + n, :] = k
-        self.values[..., self.offset: self.offset + n, :] = v
-        self.offset += n
-        return self.keys[..., : self.offset, :], self.values[..., : self.offset, :]
-
-    @property
-    def state(self):
-        return self.keys, self.values
-
-    def snapshot(self):
-        return self.keys[..., : self.offset, :], self.values[..., : self.offset, :], self.offset
-
-    def restore(self, snapshot) -> None:
-        # The next update grows (copies) these arrays, so the snapshot stays intact.
-        self.keys, self.values, self.offset = snapshot
-
-
 class ConvCache:
     """The last L_cache−1 inputs of one short-conv layer."""
 
@@ -140,10 +104,7 @@ class Attention(nn.Module):
         k = mx.fast.rope(k, self.head_dim, traditional=False, base=self.rope_theta, scale=1.0, offset=offset)
         if cache is not None:
             k, v = cache.update_and_fetch(k, v)
-        mask = None
-        if L > 1:  # causal, aligned to the end when earlier tokens are cached
-            mask = (mx.arange(L)[:, None] + offset) >= mx.arange(offset + L)[None]
-        o = mx.fast.scaled_dot_product_attention(q, k, v, scale=self.scale, mask=mask)
+        o = mx.fast.scaled_dot_product_attention(q, k, v, scale=self.scale, mask=causal_mask(L, offset))
         return self.out_proj(o.transpose(0, 2, 1, 3).reshape(B, L, -1))
 
 
@@ -230,6 +191,13 @@ class LanguageModel(nn.Module):
     def make_cache(self) -> list:
         return [KVCache() if layer.is_attention else ConvCache() for layer in self.model.layers]
 
+    def embed(self, input_ids: mx.array) -> mx.array:
+        return self.model.embed_tokens(input_ids)
+
+    def hidden(self, embeddings: mx.array, cache: list | None = None) -> mx.array:
+        """embeddings (B, L, D) → final hidden states (B, L, D), filling `cache`."""
+        return self.model(embeddings, cache)
+
     def head(self, h: mx.array) -> mx.array:
         if "lm_head" in self:
             return self.lm_head(h)
@@ -237,4 +205,4 @@ class LanguageModel(nn.Module):
 
     def __call__(self, embeddings: mx.array, cache: list | None = None) -> mx.array:
         """embeddings (B, L, D) → logits (B, L, vocab)."""
-        return self.head(self.model(embeddings, cache))
+        return self.head(self.hidden(embeddings, cache))
