@@ -14,10 +14,12 @@ import mlx.core as mx
 import mlx.nn as nn
 from mlx.utils import tree_flatten
 
-from .models import lfm2_vl
+from .models import idefics3, lfm2_vl
 from .models.quantized import use_dense_prefill
 from .processor import Processor
 
+# model_type (config.json) → the module holding that family's ModelConfig and Model
+MODELS = {"lfm2_vl": lfm2_vl, "idefics3": idefics3}
 HUB_PATTERNS = ["*.json", "*.safetensors", "*.jinja", "*.txt", "*.model", "*.tiktoken"]
 
 
@@ -108,15 +110,20 @@ def check_weights(model: nn.Module, weights: dict, where: str) -> None:
 
 
 def load_model(path: Path, *, dtype: mx.Dtype | None = None, bits: int | None = None,
-               group_size: int = 64) -> lfm2_vl.Model:
+               group_size: int = 64) -> nn.Module:
     try:
         config = json.loads((path / "config.json").read_text())
     except FileNotFoundError:
         raise ModelLoadError(f"{path}: no config.json") from None
     except json.JSONDecodeError as e:
         raise ModelLoadError(f"{path / 'config.json'}: not valid JSON ({e})") from None
+    kind = str(config.get("model_type")).replace("-", "_")
+    if kind not in MODELS:
+        raise ModelLoadError(f"{path / 'config.json'}: model_type {config.get('model_type')!r} is not supported "
+                             f"(supported: {', '.join(MODELS)})")
+    family = MODELS[kind]
     try:
-        model = lfm2_vl.Model(lfm2_vl.ModelConfig.from_dict(config))
+        model = family.Model(family.ModelConfig.from_dict({**config, "model_type": kind}))
     except (TypeError, ValueError) as e:
         raise ModelLoadError(f"{path / 'config.json'}: {e}") from None
     files = weight_files(path)
@@ -142,8 +149,8 @@ def load_model(path: Path, *, dtype: mx.Dtype | None = None, bits: int | None = 
 
 
 def load(path_or_repo: str | os.PathLike = "LiquidAI/LFM2.5-VL-450M", *, dtype: mx.Dtype | None = None,
-         bits: int | None = None, group_size: int = 64) -> tuple[lfm2_vl.Model, Processor]:
-    """Load an LFM2-VL checkpoint: a local folder or a hub id.
+         bits: int | None = None, group_size: int = 64) -> tuple[nn.Module, Processor]:
+    """Load an LFM2-VL or Idefics3 (SmolVLM) checkpoint: a local folder or a hub id.
 
     `dtype` casts float weights (default: float32 on the CPU, as stored elsewhere);
     `bits` quantizes a float checkpoint on the fly."""

@@ -1,8 +1,9 @@
-"""Which layers of an LFM2-VL model get quantized, and how.
+"""Which layers of a model get quantized, and how.
 
 Decided by module type (every `nn.Linear` and `nn.Embedding`) and by explicit
-module paths; never by substrings of names. Norms and the short-conv kernels
-are other module types, so they stay in float without being listed.
+module paths the model class lists (`KEEP_FLOAT`, `VISION_PREFIXES`,
+`sensitive_paths()`); never by substrings of names. Norms and conv kernels are
+other module types, so they stay in float without being listed.
 """
 
 from __future__ import annotations
@@ -14,16 +15,7 @@ import mlx.core as mx
 import mlx.nn as nn
 from mlx.utils import tree_map_with_path
 
-KEEP_FLOAT = {
-    # The learned position grid is resized per image (antialiased bilinear), so it must stay a float table.
-    "vision_tower.embeddings.position_embedding": "position table, resized per image",
-    # A 16×16 conv kernel stored as a Linear; both this port and mlx-vlm read its weight dtype
-    # to pick the vision compute dtype (a uint32 packed weight would turn the pixels into integers).
-    "vision_tower.embeddings.patch_embedding": "patch embedding (a conv kernel)",
-}
-VISION_PREFIXES = ("vision_tower.", "multi_modal_projector.")
-
-# Mixed recipes: name → (bits of most layers, bits of the layers LFM2 is sensitive in).
+# Mixed recipes: name → (bits of most layers, bits of the layers the model lists as sensitive).
 RECIPES = {f"mixed_{lo}_{hi}": (lo, hi) for lo in (4, 5, 6) for hi in (5, 6, 8) if lo < hi}
 
 
@@ -69,25 +61,6 @@ class Plan:
         return section
 
 
-def sensitive_paths(model: nn.Module) -> set[str]:
-    """Where LFM2 loses most to low bits: the token embedding (and an untied head),
-    every attention projection, and all projections of the first and last decoder layers."""
-    lm = model.language_model
-    paths = {"language_model.model.embed_tokens"}
-    if "lm_head" in lm:
-        paths.add("language_model.lm_head")
-    layers = lm.model.layers
-    attention = ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.out_proj")
-    conv = ("conv.in_proj", "conv.out_proj")
-    ffn = ("feed_forward.w1", "feed_forward.w2", "feed_forward.w3")
-    for i, layer in enumerate(layers):
-        names = attention if layer.is_attention else ()
-        if i in (0, len(layers) - 1):
-            names = (attention if layer.is_attention else conv) + ffn
-        paths |= {f"language_model.model.layers.{i}.{n}" for n in names}
-    return paths
-
-
 def _weight_shape(module: nn.Module) -> tuple[int, int]:
     rows, cols = module.weight.shape
     return int(rows), int(cols)
@@ -109,14 +82,14 @@ def plan_quantization(model: nn.Module, *, bits: int | None, group_size: int = 6
         raise ValueError("give bits or a recipe")
     vision_bits = bits if vision_bits is None else vision_bits
     leaves = {path: m for path, m in model.named_modules()
-              if isinstance(m, (nn.Linear, nn.Embedding)) and path not in KEEP_FLOAT}
-    high_paths = sensitive_paths(model) if high is not None else set()
+              if isinstance(m, (nn.Linear, nn.Embedding)) and path not in model.KEEP_FLOAT}
+    high_paths = model.sensitive_paths() if high is not None else set()
     missing = high_paths - set(leaves)
     if missing:  # a recipe keyed on names the model does not have would silently do nothing
         raise ValueError(f"recipe {recipe}: the model has no layer(s) {', '.join(sorted(missing))}")
     layers = []
     for path in sorted(leaves):
-        vision = path.startswith(VISION_PREFIXES)
+        vision = path.startswith(model.VISION_PREFIXES)
         shape = _weight_shape(leaves[path])
         b = high if path in high_paths else (vision_bits if vision else bits)
         why = ""

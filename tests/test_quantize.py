@@ -12,7 +12,7 @@ import pytest
 
 from mlx_vlm_port import load
 from mlx_vlm_port.models.quantized import use_dense_prefill
-from mlx_vlm_port.quant import KEEP_FLOAT, RECIPES, plan_quantization, quantize_model, sensitive_paths
+from mlx_vlm_port.quant import RECIPES, plan_quantization, quantize_model
 from mlx_vlm_port.save import save_checkpoint
 from quantize.convert import convert
 from quantize.stats import checkpoint_stats
@@ -75,7 +75,7 @@ def test_plan_keeps_norms_convs_and_tables_in_float(wide_path):
     model, _ = load(wide_path)
     plan = plan_quantization(model, bits=4, group_size=128)
     paths = {c.path for c in plan.layers}
-    assert not paths & set(KEEP_FLOAT)  # patch embedding and position table: never candidates
+    assert not paths & set(model.KEEP_FLOAT)  # patch embedding and position table: never candidates
     assert not any(p.endswith(("norm", "layernorm", "layer_norm", "conv.conv")) for p in paths)
     assert [(c.path, c.why_float) for c in plan.kept_float] == [
         ("multi_modal_projector.linear_2", "width 64 is not a multiple of the group size 128")]
@@ -110,7 +110,7 @@ def test_default_tiny_reports_layers_kept_in_float(tiny_path, tmp_path, capsys):
 def test_mixed_recipe_spends_more_bits_on_sensitive_layers(wide_path, tmp_path, capsys):
     plan, stats, _ = run_convert(wide_path, tmp_path / "q", bits=None, recipe="mixed_4_6")
     model, processor = load(wide_path)
-    high = sensitive_paths(model)
+    high = model.sensitive_paths()
     assert {"language_model.model.embed_tokens", "language_model.model.layers.0.conv.in_proj",
             "language_model.model.layers.3.feed_forward.w2", "language_model.model.layers.1.self_attn.v_proj",
             "language_model.model.layers.1.self_attn.out_proj"} <= high
@@ -132,7 +132,7 @@ def test_mixed_recipe_spends_more_bits_on_sensitive_layers(wide_path, tmp_path, 
 def test_recipes_are_keyed_on_lfm2_names(tiny_path):
     model, _ = load(tiny_path)
     names = {p for p, _ in model.named_modules()}
-    assert sensitive_paths(model) <= names
+    assert model.sensitive_paths() <= names
     assert all(lo < hi for lo, hi in RECIPES.values()) and "mixed_4_6" in RECIPES
     with pytest.raises(ValueError, match="cannot be combined"):
         plan_quantization(model, bits=5, recipe="mixed_4_6")

@@ -15,6 +15,7 @@ import numpy as np
 
 from ..config import known_fields
 from . import lfm2, siglip2
+from .common import merge_image_features, pixel_unshuffle
 
 
 @dataclass
@@ -58,24 +59,26 @@ class Projector(nn.Module):
         self.linear_1 = nn.Linear(in_dim, c.projector_hidden_size, bias=c.projector_bias)
         self.linear_2 = nn.Linear(c.projector_hidden_size, c.text_config.hidden_size, bias=c.projector_bias)
 
-    def pixel_unshuffle(self, x: mx.array) -> mx.array:
-        """(h, w, C) → (h/f, w/f, C·f²), channel order as the reference's reshape/permute."""
-        f = self.factor
-        h, w, c = x.shape
-        x = x.reshape(h, w // f, c * f)  # merge f neighbours along a row
-        x = x.transpose(1, 0, 2).reshape(w // f, h // f, c * f * f)  # then f along a column
-        return x.transpose(1, 0, 2)
-
     def __call__(self, features: mx.array, shape: tuple[int, int]) -> mx.array:
         """One view's (h·w, C) encoder output → (h/f · w/f, text hidden)."""
-        x = self.pixel_unshuffle(features.reshape(*shape, -1))
-        x = x.reshape(-1, x.shape[-1])
+        x = pixel_unshuffle(features.reshape(1, *shape, -1), self.factor)
+        x = x.reshape(-1, x.shape[-1])  # (h/f · w/f, C·f²)
         if "layer_norm" in self:
             x = self.layer_norm(x)
         return self.linear_2(nn.gelu(self.linear_1(x)))
 
 
 class Model(nn.Module):
+    # For the quantizer (quant.py): Linear/Embedding layers kept in float, and the vision side.
+    KEEP_FLOAT = {
+        # The learned position grid is resized per image (antialiased bilinear): it must stay a float table.
+        "vision_tower.embeddings.position_embedding": "position table, resized per image",
+        # A 16×16 conv kernel stored as a Linear; both this port and mlx-vlm read its weight dtype
+        # to pick the vision compute dtype (a uint32 packed weight would turn the pixels into integers).
+        "vision_tower.embeddings.patch_embedding": "patch embedding (a conv kernel)",
+    }
+    VISION_PREFIXES = ("vision_tower.", "multi_modal_projector.")
+
     def __init__(self, config: ModelConfig):
         super().__init__()
         self.config = config
@@ -95,19 +98,10 @@ class Model(nn.Module):
                              pixel_attention_mask: mx.array | None = None,
                              image_features: mx.array | None = None) -> mx.array:
         """Token embeddings (1, L, D) with image features written over the `<image>` tokens."""
-        embeds = self.language_model.model.embed_tokens(input_ids)
+        embeds = self.language_model.embed(input_ids)
         if image_features is None and pixel_values is not None:
             image_features = self.get_image_features(pixel_values, spatial_shapes, pixel_attention_mask)
-        if image_features is None:
-            return embeds
-        if input_ids.shape[0] != 1:
-            raise ValueError("images are supported for a batch of one prompt")
-        positions = np.flatnonzero(np.asarray(input_ids[0]) == self.config.image_token_id)
-        if len(positions) != image_features.shape[0]:
-            raise ValueError(f"the prompt has {len(positions)} image tokens but the images give "
-                             f"{image_features.shape[0]} features")
-        embeds[0, mx.array(positions)] = image_features.astype(embeds.dtype)
-        return embeds
+        return merge_image_features(embeds, input_ids, self.config.image_token_id, image_features)
 
     def __call__(self, input_ids: mx.array, pixel_values: mx.array | None = None,
                  pixel_attention_mask: mx.array | None = None, spatial_shapes: mx.array | None = None,
@@ -115,6 +109,25 @@ class Model(nn.Module):
         """input_ids (1, L) [+ images] → logits (1, L, vocab)."""
         embeds = self.get_input_embeddings(input_ids, pixel_values, spatial_shapes, pixel_attention_mask)
         return self.language_model(embeds, cache)
+
+    def sensitive_paths(self) -> set[str]:
+        """Where LFM2 loses most to low bits (the mixed recipes' high-bit layers): the token
+        embedding (and an untied head), every attention projection, and all projections
+        of the first and last decoder layers."""
+        lm = self.language_model
+        paths = {"language_model.model.embed_tokens"}
+        if "lm_head" in lm:
+            paths.add("language_model.lm_head")
+        layers = lm.model.layers
+        attention = ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.out_proj")
+        conv = ("conv.in_proj", "conv.out_proj")
+        ffn = ("feed_forward.w1", "feed_forward.w2", "feed_forward.w3")
+        for i, layer in enumerate(layers):
+            names = attention if layer.is_attention else ()
+            if i in (0, len(layers) - 1):
+                names = (attention if layer.is_attention else conv) + ffn
+            paths |= {f"language_model.model.layers.{i}.{n}" for n in names}
+        return paths
 
     def sanitize(self, weights: dict) -> dict:
         """Map any published layout onto ours: HF (`model.vision_tower.vision_model.*`,

@@ -1,0 +1,31 @@
+"""The two steps every vision-language model here shares: folding neighbouring
+patches into channels, and writing image features over the `<image>` tokens."""
+
+from __future__ import annotations
+
+import mlx.core as mx
+import numpy as np
+
+
+def pixel_unshuffle(x: mx.array, f: int) -> mx.array:
+    """(B, h, w, C) → (B, h/f, w/f, C·f²), channel order as the references' reshape/permute
+    (LFM2-VL's pixel unshuffle and Idefics3's pixel shuffle are the same operation)."""
+    B, h, w, c = x.shape
+    x = x.reshape(B, h, w // f, c * f)  # merge f neighbours along a row
+    x = x.transpose(0, 2, 1, 3).reshape(B, w // f, h // f, c * f * f)  # then f along a column
+    return x.transpose(0, 2, 1, 3)
+
+
+def merge_image_features(embeds: mx.array, input_ids: mx.array, image_token_id: int,
+                         image_features: mx.array | None) -> mx.array:
+    """embeds (1, L, D) with row i of image_features (N, D) written at the i-th image token."""
+    if image_features is None:
+        return embeds
+    if input_ids.shape[0] != 1:
+        raise ValueError("images are supported for a batch of one prompt")
+    positions = np.flatnonzero(np.asarray(input_ids[0]) == image_token_id)
+    if len(positions) != image_features.shape[0]:
+        raise ValueError(f"the prompt has {len(positions)} image tokens but the images give "
+                         f"{image_features.shape[0]} features")
+    embeds[0, mx.array(positions)] = image_features.astype(embeds.dtype)
+    return embeds
