@@ -14,7 +14,7 @@ import sys
 
 from . import capture
 from .batch import JsonlLog, Progress, Source, expand
-from .captioner import DEFAULT_MODEL, DEFAULT_PROMPT, DETECT_PROMPT
+from .captioner import DEFAULT_MODEL, DEFAULT_PROMPT, DETAILS, DETECT_PROMPT
 from .engine import Failure, Job, LocalEngine, ServiceEngine
 from .output import Output, say
 
@@ -63,7 +63,7 @@ def _number(kind, low: float | None = None, high: float | None = None, strict: b
 
 
 def build_parser() -> Parser:
-    p = Parser(prog="python -m app.caption", description="Caption images on this machine with LFM2-VL (MLX).",
+    p = Parser(prog="python -m app.caption", description="Caption images on this machine with LFM2-VL or SmolVLM (MLX).",
                epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     src = p.add_argument_group("input")
     src.add_argument("images", nargs="*", metavar="IMAGE",
@@ -84,8 +84,12 @@ def build_parser() -> Parser:
                      help="min-p sampling cut-off (default: 0.15)")
     gen.add_argument("--repetition-penalty", type=_number(float, 0, strict=True, what="a number > 0"),
                      default=1.05, metavar="R", help="penalise repeated tokens (default: 1.05; 1 = off)")
+    gen.add_argument("--detail", choices=[d.lower() for d in DETAILS], type=str.lower,
+                     help="how much of the image the model sees, for any model (default: the model's own)")
     gen.add_argument("--max-image-tokens", type=_number(int, 0, strict=True, what="a positive whole number"),
-                     metavar="N", help="cap the image's tokens (smaller = faster)")
+                     metavar="N", help="LFM2-VL: cap the image's tokens (smaller = faster)")
+    gen.add_argument("--longest-edge", type=_number(int, 0, strict=True, what="a positive whole number"),
+                     metavar="PX", help="SmolVLM: resize the longest edge to PX before tiling (smaller = faster)")
     gen.add_argument("--no-split", action="store_true", help="one view of the image, no tiles (fastest)")
     det = p.add_argument_group("grounding")
     det.add_argument("--detect", metavar="QUERY", help="find QUERY and print its boxes (label x1 y1 x2 y2)")
@@ -163,7 +167,8 @@ def make_job(args: argparse.Namespace) -> Job:
         args.prompt or DEFAULT_PROMPT)
     options = {"max_tokens": args.max_tokens, "temperature": args.temperature, "min_p": args.min_p,
                "repetition_penalty": args.repetition_penalty, "max_image_tokens": args.max_image_tokens,
-               "do_image_splitting": False if args.no_split else None}
+               "longest_edge": args.longest_edge, "do_image_splitting": False if args.no_split else None,
+               "detail": args.detail.capitalize() if args.detail else None}
     return Job(prompt, args.system, options)
 
 

@@ -119,12 +119,17 @@ class LocalEngine:
     def run(self, source: Source, job: Job, on_piece: OnPiece, need_image: bool = False) -> Result:
         image = read_image(source)  # before the model load: a bad image fails fast
         self.load()
+        from mlx_vlm_port.processor import UnsupportedOption
+
         tic = time.perf_counter()
         pieces, last = [], None
-        for last in self.captioner.stream(image, job.prompt, system=job.system, **job.options):
-            if last.text:
-                pieces.append(last.text)
-                on_piece(last.text)
+        try:
+            for last in self.captioner.stream(image, job.prompt, system=job.system, **job.options):
+                if last.text:
+                    pieces.append(last.text)
+                    on_piece(last.text)
+        except UnsupportedOption as e:  # e.g. --max-image-tokens with a SmolVLM model
+            raise Failure(2, str(e)) from None
         return Result("".join(pieces), self.captioner.model_id, last.prompt_tokens if last else 0,
                       last.generation_tokens if last else 0, time.perf_counter() - tic, image)
 

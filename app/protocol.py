@@ -3,7 +3,9 @@
 Request (one line):  {"op": "caption", "id": "...", "image_path" | "image_b64": ...,
                       "prompt": str, "system": str | null, "max_tokens": int,
                       "temperature": float, "min_p": float, "repetition_penalty": float,
-                      "max_image_tokens": int | null, "do_image_splitting": bool | null}
+                      "detail": "Fast" | "Balanced" | "Detailed" | null,
+                      "max_image_tokens": int | null (LFM2-VL), "longest_edge": int | null (SmolVLM),
+                      "do_image_splitting": bool | null}
                  or  {"op": "ping"}
 Replies (lines):     {"id", "type": "piece", "text"} ... then
                      {"id", "type": "done", "text", "model", "prompt_tokens",

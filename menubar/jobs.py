@@ -13,7 +13,7 @@ import threading
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
-from app.captioner import DEFAULT_PROMPT
+from app.captioner import DEFAULT_PROMPT, DETAILS
 
 # The CLI's exit codes, carried in error replies.
 USAGE, BAD_IMAGE, MODEL = 2, 3, 4
@@ -50,7 +50,9 @@ _OPTIONS = {  # as permissive as the CLI's own checks: the service must not refu
     "temperature": (_NUMBER, lambda v: v >= 0, "a number >= 0"),
     "min_p": (_NUMBER, lambda v: 0 <= v <= 1, "a number from 0 to 1"),
     "repetition_penalty": (_NUMBER, lambda v: v > 0, "a number > 0"),
+    "detail": ((str, type(None)), lambda v: v is None or v in DETAILS, f"one of {', '.join(DETAILS)} (or null)"),
     "max_image_tokens": ((int, type(None)), lambda v: v is None or v >= 1, "a positive integer (or null)"),
+    "longest_edge": ((int, type(None)), lambda v: v is None or v >= 1, "a positive integer (or null)"),
     "do_image_splitting": ((bool, type(None)), lambda v: True, "true, false or null"),
 }
 

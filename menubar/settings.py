@@ -5,19 +5,13 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
-from app.captioner import default_model
+from app.captioner import DETAILS, default_model
 from menubar.storage import data_dir, read_json, write_private_json
 
-# Detail presets: how many image tokens the encoder may use, and whether large
-# images are tiled (more views = more detail, more time).
-DETAILS: dict[str, dict] = {
-    "Fast": {"max_image_tokens": 64, "do_image_splitting": False},
-    "Balanced": {"max_image_tokens": 256, "do_image_splitting": False},
-    "Detailed": {"max_image_tokens": 256, "do_image_splitting": True},
-}
 # The languages LFM2-VL was trained to answer in.
 LANGUAGES = ("English", "Arabic", "Chinese", "French", "German", "Japanese", "Korean", "Portuguese", "Spanish")
-MODELS = tuple(f"LiquidAI/LFM2.5-VL-450M-MLX-{q}" for q in ("4bit", "5bit", "6bit", "8bit", "bf16"))
+MODELS = tuple(f"LiquidAI/LFM2.5-VL-450M-MLX-{q}" for q in ("4bit", "5bit", "6bit", "8bit", "bf16")) + tuple(
+    f"HuggingFaceTB/SmolVLM-{size}-Instruct" for size in ("256M", "500M"))
 
 
 def settings_path() -> Path:
@@ -60,7 +54,7 @@ class Settings:
 
     def caption_options(self) -> dict:
         """The Captioner.stream options these settings imply."""
-        return {"max_tokens": self.max_tokens, **DETAILS[self.detail]}
+        return {"max_tokens": self.max_tokens, "detail": self.detail}
 
     def as_dict(self) -> dict:
         d = asdict(self)

@@ -77,14 +77,17 @@ def stream_generate(model, processor, prompt: str, images: list | None = None, *
                     temperature: float = TEMPERATURE, top_p: float = 1.0, min_p: float = MIN_P,
                     repetition_penalty: float = REPETITION_PENALTY, seed: int | None = None,
                     min_image_tokens: int | None = None, max_image_tokens: int | None = None,
-                    do_image_splitting: bool | None = None, ignore_eos: bool = False,
-                    prefill_step_size: int = 2048) -> Iterator[Response]:
-    """Generate from a templated prompt (and its images), one Response per new token."""
+                    longest_edge: int | None = None, do_image_splitting: bool | None = None,
+                    ignore_eos: bool = False, prefill_step_size: int = 2048) -> Iterator[Response]:
+    """Generate from a templated prompt (and its images), one Response per new token.
+
+    Image options: min/max_image_tokens for LFM2-VL, longest_edge for SmolVLM,
+    do_image_splitting for both (None: the checkpoint's setting)."""
     if seed is not None:
         mx.random.seed(seed)
     start = time.perf_counter()
     inputs = processor(prompt, images, min_image_tokens=min_image_tokens, max_image_tokens=max_image_tokens,
-                       do_image_splitting=do_image_splitting)
+                       longest_edge=longest_edge, do_image_splitting=do_image_splitting)
     n_prompt = inputs["input_ids"].shape[1]
     eos = set() if ignore_eos else set(processor.eos_token_ids)
     detok = StreamingDetokenizer(processor)
@@ -111,9 +114,9 @@ def generate(model, processor, prompt: str, images: list | None = None, *, max_t
              temperature: float = TEMPERATURE, top_p: float = 1.0, min_p: float = MIN_P,
              repetition_penalty: float = REPETITION_PENALTY, seed: int | None = None,
              min_image_tokens: int | None = None, max_image_tokens: int | None = None,
-             do_image_splitting: bool | None = None) -> str:
+             longest_edge: int | None = None, do_image_splitting: bool | None = None) -> str:
     """The whole generated text (see `stream_generate`)."""
     return "".join(r.text for r in stream_generate(
         model, processor, prompt, images, max_tokens=max_tokens, temperature=temperature, top_p=top_p,
         min_p=min_p, repetition_penalty=repetition_penalty, seed=seed, min_image_tokens=min_image_tokens,
-        max_image_tokens=max_image_tokens, do_image_splitting=do_image_splitting))
+        max_image_tokens=max_image_tokens, longest_edge=longest_edge, do_image_splitting=do_image_splitting))

@@ -81,6 +81,7 @@ def tiled_size(height: int, width: int, tile: int) -> tuple[int, int]:
 class ImageProcessor:
     """One image → its placeholder text and (frames, H, W, 3) pixel values."""
 
+    FAMILY = "Idefics3 (SmolVLM)"
     OPTIONS = ("longest_edge", "do_image_splitting")
     add_special_tokens = True  # the reference processor calls the tokenizer with its defaults
 

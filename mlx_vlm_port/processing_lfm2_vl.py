@@ -85,6 +85,7 @@ def grid_layout(height: int, width: int, min_tiles: int, max_tiles: int, tile_si
 class ImageProcessor:
     """One image → its placeholder text and (views, patches, …) arrays."""
 
+    FAMILY = "LFM2-VL"
     OPTIONS = ("min_image_tokens", "max_image_tokens", "do_image_splitting", "min_tiles", "max_tiles",
                "use_thumbnail")
     add_special_tokens = False  # the chat template already starts with <|startoftext|>

@@ -18,6 +18,10 @@ FAMILIES = {"lfm2_vl": processing_lfm2_vl, "idefics3": processing_idefics3}
 IMAGE_PROCESSOR_TYPES = {"Lfm2VlImageProcessor": "lfm2_vl", "Idefics3ImageProcessor": "idefics3"}
 
 
+class UnsupportedOption(ValueError):
+    """An image option of the other family (e.g. max_image_tokens for a SmolVLM checkpoint)."""
+
+
 def model_type(path: Path) -> str:
     """The family of a checkpoint folder, normalised (`lfm2-vl` → `lfm2_vl`)."""
     kind = _read_json(path / "config.json").get("model_type")
@@ -104,8 +108,8 @@ class Processor:
             use_thumbnail=use_thumbnail, longest_edge=longest_edge).items() if v is not None}
         unknown = sorted(set(given) - set(self.image_processor.OPTIONS))
         if unknown:
-            raise ValueError(f"{', '.join(unknown)} does not apply to this checkpoint's image processor "
-                             f"(it takes {', '.join(self.image_processor.OPTIONS)})")
+            raise UnsupportedOption(f"{', '.join(unknown)} does not apply to {self.image_processor.FAMILY} "
+                                    f"checkpoints (their image options: {', '.join(self.image_processor.OPTIONS)})")
         images = list(images or [])
         pieces = text.split(self.image_token)
         if len(pieces) - 1 != len(images):

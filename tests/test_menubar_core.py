@@ -177,7 +177,7 @@ def test_caption_clipboard_copies_notifies_and_records(rig):
     assert app.last_result == text and app.active == 0
     call = lab.calls[-1]
     assert call["prompt"] == DEFAULT_PROMPT
-    assert (call["max_image_tokens"], call["do_image_splitting"]) == (256, False)  # Balanced
+    assert call["detail"] == "Balanced"  # the Captioner resolves it for the loaded family
     app.copy_last()
     assert ui.copied[-1] == text
 
@@ -199,7 +199,7 @@ def test_detail_language_and_copy_settings_apply_and_persist(rig, tmp_path):
     app.caption_clipboard()
     pump(app, lambda: ui.notes)
     call = lab.calls[-1]
-    assert (call["max_image_tokens"], call["do_image_splitting"]) == (64, False)
+    assert call["detail"] == "Fast"
     assert call["prompt"] == f"{DEFAULT_PROMPT} Answer in French."
     assert ui.copied == []  # copying was turned off
     app.set_detail("Detailed")
@@ -207,7 +207,7 @@ def test_detail_language_and_copy_settings_apply_and_persist(rig, tmp_path):
     saved = json.loads((tmp_path / "data" / "settings.json").read_text())
     assert (saved["detail"], saved["language"], saved["copy_results"]) == ("Detailed", "French", False)
     again = Settings.load(tmp_path / "data" / "settings.json")
-    assert again.caption_options() == {"max_tokens": 256, "max_image_tokens": 256, "do_image_splitting": True}
+    assert again.caption_options() == {"max_tokens": 256, "detail": "Detailed"}
     assert ui.menus[-1].detail == "Detailed" and ui.menus[-1].language == "French"
 
 

@@ -237,7 +237,7 @@ def test_rumps_layer_wires_menu_to_the_controller(monkeypatch, tmp_path, tiny_pa
         assert [k for k, v in menu["Detail"].items() if v.state] == ["Balanced"]
         menu["Detail"]["Fast"].callback(None)
         assert [k for k, v in menu["Detail"].items() if v.state] == ["Fast"]
-        assert len(menu["Language"]) == 9 and list(menu["Model"]._items)[:5] == list(MODELS)
+        assert len(menu["Language"]) == 9 and list(menu["Model"]._items)[:len(MODELS)] == list(MODELS)
         assert list(menu["History"]._items)[0] == "(empty)"
         menu["Copy Last Result"].callback(None)
         assert notes[-1][0] == "Nothing to copy yet"

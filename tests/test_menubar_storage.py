@@ -74,9 +74,12 @@ def test_settings_defaults_validation_and_round_trip(tmp_path):
                                 "max_tokens": True}))
     bad = Settings.load(path)
     assert (bad.detail, bad.language, bad.copy_results, bad.max_tokens) == ("Balanced", "English", True, 256)
-    assert DETAILS["Fast"] == {"max_image_tokens": 64, "do_image_splitting": False}
-    assert DETAILS["Detailed"] == {"max_image_tokens": 256, "do_image_splitting": True}
-    assert len(LANGUAGES) == 9 and len(MODELS) == 5 and all(m.startswith("LiquidAI/LFM2.5-VL-450M-MLX-") for m in MODELS)
+    assert DETAILS["Fast"]["lfm2_vl"] == {"max_image_tokens": 64, "do_image_splitting": False}
+    assert DETAILS["Detailed"]["lfm2_vl"] == {"max_image_tokens": 256, "do_image_splitting": True}
+    assert all(set(d) == {"lfm2_vl", "idefics3"} for d in DETAILS.values())  # every preset, for every family
+    assert len(LANGUAGES) == 9 and len(MODELS) == 7
+    assert sum(m.startswith("LiquidAI/LFM2.5-VL-450M-MLX-") for m in MODELS) == 5
+    assert sum(m.startswith("HuggingFaceTB/SmolVLM-") for m in MODELS) == 2
     assert in_language("Describe this image.", "English") == "Describe this image."
     assert in_language("Describe this image.", "Korean") == "Describe this image. Answer in Korean."
 
