@@ -39,6 +39,7 @@ class Plan:
     group_size: int
     layers: list[LayerChoice]
     recipe: str | None = None
+    always_float: tuple[str, ...] = ()  # what the model keeps float besides norms and convs (why, in words)
 
     @property
     def quantized(self) -> list[LayerChoice]:
@@ -98,7 +99,7 @@ def plan_quantization(model: nn.Module, *, bits: int | None, group_size: int = 6
         elif shape[1] % group_size:
             b, why = None, f"width {shape[1]} is not a multiple of the group size {group_size}"
         layers.append(LayerChoice(path, vision, shape, b, group_size, why))
-    return Plan(bits, group_size, layers, recipe)
+    return Plan(bits, group_size, layers, recipe, tuple(model.KEEP_FLOAT.values()))
 
 
 def apply_plan(model: nn.Module, plan: Plan,

@@ -50,9 +50,13 @@ def output_config(config: dict, quantization: dict | None) -> dict:
         out["quantization"] = copy.deepcopy(quantization)
         out["quantization_config"] = copy.deepcopy(quantization)
     text = out.get("text_config")
-    if isinstance(text, dict) and "block_dim" not in text and "hidden_size" in text:
+    if isinstance(text, dict) and "block_dim" not in text and "hidden_size" in text and out.get("model_type") != "idefics3":
         # mlx-vlm 0.7.10 sizes the LFM2 MLP from block_dim and assumes 1024 when it is absent.
         text["block_dim"] = text["hidden_size"]
+    rope = text.get("rope_parameters") if isinstance(text, dict) else None
+    if isinstance(rope, dict) and "rope_theta" in rope and "rope_theta" not in text:
+        # mlx-vlm 0.7.10's Llama reads only the top-level rope_theta (and assumes 1e6 without it).
+        text["rope_theta"] = rope["rope_theta"]
     return out
 
 

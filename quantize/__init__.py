@@ -1,4 +1,4 @@
-"""Quantize LFM2-VL checkpoints (4/5/6/8-bit, mixed recipes, vision tower included)
+"""Quantize LFM2-VL and SmolVLM checkpoints (4/5/6/8-bit, mixed recipes, vision tower included)
 and measure what it costs.
 
     python -m quantize SRC --bits 4 --out DST

@@ -28,8 +28,8 @@ def vision_bits(value: str) -> int:
 
 def build_parser() -> Parser:
     p = Parser(prog="python -m quantize",
-               description="Quantize an LFM2-VL checkpoint (language model, and by default the vision "
-                           "tower and projector) into an MLX checkpoint folder that this port and mlx-vlm load.")
+               description="Quantize an LFM2-VL or SmolVLM checkpoint (language model, and by default the "
+                           "vision tower and projector) into an MLX checkpoint folder that this port and mlx-vlm load.")
     p.add_argument("src", metavar="SRC", help="float checkpoint: a local folder or a hub id")
     p.add_argument("--bits", type=int, choices=BITS, help="bits per weight (not needed with --recipe)")
     p.add_argument("--group-size", type=int, choices=GROUP_SIZES, default=64,
@@ -37,8 +37,9 @@ def build_parser() -> Parser:
     p.add_argument("--vision-bits", type=vision_bits, default=None, metavar="{4,5,6,8,none}",
                    help="bits for the vision tower and projector (default: as --bits; none: keep float)")
     p.add_argument("--recipe", choices=sorted(RECIPES),
-                   help="mixed precision, e.g. mixed_4_6: embedding, attention projections and the first and "
-                        "last decoder layers at 6 bits, the rest at 4")
+                   help="mixed precision, e.g. mixed_4_6: the layers the model is most sensitive in at 6 bits, "
+                        "the rest at 4 (LFM2-VL: embedding, attention projections, first and last layers; "
+                        "SmolVLM: embedding, head, v/down projections of a third of the layers)")
     p.add_argument("--out", required=True, metavar="DST", help="output folder")
     p.add_argument("--dtype", choices=("float32", "bfloat16", "float16"),
                    help="dtype of the float tensors, scales and biases (default: that of SRC)")

@@ -1,4 +1,4 @@
-"""Float LFM2-VL checkpoint → quantized checkpoint folder (mlx-vlm layout)."""
+"""Float checkpoint (LFM2-VL or SmolVLM) → quantized checkpoint folder (mlx-vlm layout)."""
 
 from __future__ import annotations
 
@@ -68,15 +68,15 @@ def summary(plan: Plan, stats: Stats, src: str, dst: Path, files: int) -> list[s
         names = ", ".join(f"{c.path} (in {c.shape[1]})" for c in cs[:6])
         more = f" and {len(cs) - 6} more" if len(cs) > 6 else ""
         lines.append(f"  kept in float ({why}): {len(cs)} layers: {names}{more}")
-    lines.append("  always float: norms, short-conv kernels, the patch embedding and the position table")
+    lines.append("  always float: " + ", ".join(("norms", "conv kernels") + plan.always_float))
     lines.append(f"  bits per weight (from the saved bytes, scales and biases included): "
                  f"{stats.quantized_bits_per_weight:.3f} over the quantized layers, "
                  f"{stats.bits_per_weight:.3f} over the whole checkpoint")
     if plan.recipe:
         low, high = RECIPES[plan.recipe]
-        lines.append(f"  recipe {plan.recipe}: embedding, attention projections and the first and last decoder "
-                     f"layers at {high} bits, the rest at {low}: average {stats.quantized_bits_per_weight:.3f} "
-                     "bits per quantized weight")
+        n_high = sum(c.bits == high for c in plan.layers)
+        lines.append(f"  recipe {plan.recipe}: the {n_high} layers the model is most sensitive in at {high} bits, "
+                     f"the rest at {low}: average {stats.quantized_bits_per_weight:.3f} bits per quantized weight")
     lines.append(f"  size on disk: {stats.file_bytes / 2**20:.1f} MiB ({files} weight file{'s' * (files > 1)})")
     return lines
 
