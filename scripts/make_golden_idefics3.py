@@ -1,0 +1,372 @@
+"""Record reference (transformers + torch) outputs of tiny SmolVLM (Idefics3) checkpoints.
+
+Run in the reference venv (torch, torchvision, transformers):
+
+    /work/refvenv/bin/python scripts/make_golden_idefics3.py [--out tests/golden/idefics3]
+
+It builds the tiny random checkpoints with tests/tiny_idefics3.py, feeds the
+reference processor (AutoProcessor from the checkpoint folder, called with
+do_convert_rgb=True) and model (float32, eager attention, eval, CPU) images made
+by tests/images.py, and writes one compressed .npz per case plus manifest.json.
+The tests rebuild the same checkpoints and images (both deterministic) and
+compare.
+
+Per case (<name>.npz):
+  prompt                 str   chat-template output (what the processor got)
+  input_ids              int32 (T,)
+  n_frames               int32 ()       pixel_values.shape[1] (tiles + global image, all images)
+  frame_size             int32 (2,)     (H, W) of a frame (= max_image_size, square)
+  pixel_u8_sha256        str   sha256 of the uint8 array u, shape (n_frames, H, W, 3),
+                               channels-last, C order; pixel_values[0] ==
+                               ((u - 127.5) / 127.5).transpose(0, 3, 1, 2)
+  pixel_u8               uint8 (n_frames, H, W, 3)   only when small enough, else:
+  pixel_sample_index     int64 (4096,)  flat indices into u (seeded sample)
+  pixel_sample_value     uint8 (4096,)
+  pixel_mask_all_ones    bool  ()       pixel_attention_mask is all ones
+  model cases also (not the processor-only ones):
+  logits_last            float32 (vocab,)     logits at the last prompt position
+  logits_positions       int32 (<=8,)         seeded random prompt positions
+  logits_at_positions    float32 (<=8, vocab)
+  generated_ids          int32 (8,)     greedy new tokens (generate, max_new_tokens=8,
+                                        EOS disabled, so always 8)
+  generated_margins      float32 (8,)   top1 - top2 logit at each greedy step
+  stage cases also:
+  vision_embeddings      float32 (P, Dv)    frame 0: patch embed + position emb
+  vision_last_hidden     float32 (P, Dv)    frame 0, after post_layernorm
+  connector_out          float32 (P/s^2, Dt) frame 0, pixel shuffle + modality projection
+  lm_last_hidden         float32 (Dt,)      text model final-norm hidden state at the
+                                            last prompt position
+Text-only cases have no pixel arrays. A case whose reference call raised
+stores no .npz; the manifest has the error.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import io
+import json
+import platform
+import shutil
+import sys
+import tempfile
+import traceback
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from tests.images import synthetic_image  # noqa: E402
+from tests.tiny_idefics3 import IMAGE_TOKEN_ID, make_tiny_idefics3_checkpoint  # noqa: E402
+
+PROMPT_TEXT = "Describe this image."
+FULL_PIXELS_LIMIT = 600_000  # bytes (compressed) above which only sha256 + sample are stored
+N_SAMPLE = 4096
+MAX_NEW_TOKENS = 8
+
+CHECKPOINTS = {
+    "default": {"seed": 0, "tie": False},
+    "tied_scale4": {"seed": 1, "tie": True, "top_overrides": {"scale_factor": 4}},
+    # SmolVLM-256M's processor geometry (512px frames, 2048 longest edge,
+    # image_seq_len 64) on the tiny widths; processor-only cases use it
+    "smolvlm_geometry": {
+        "seed": 2,
+        "vision_overrides": {"image_size": 512, "patch_size": 16},
+        "top_overrides": {"scale_factor": 4},
+        "processor_overrides": {"size": {"longest_edge": 2048}, "max_image_size": {"longest_edge": 512}},
+    },
+}
+MODEL_CHECKPOINTS = {"default", "tied_scale4"}
+
+STAGE_CASES = {"rgb_64x64", "rgb_640x480"}
+
+
+def _img(w, h, seed, mode="RGB"):
+    return {"width": w, "height": h, "seed": seed, "mode": mode}
+
+
+def build_cases() -> list[dict]:
+    cases = []
+    sizes = [(64, 64), (1, 1), (100, 5000), (5000, 100), (640, 480), (1920, 1080), (257, 255), (4000, 1)]
+    for i, (w, h) in enumerate(sizes):
+        cases.append({"name": f"rgb_{w}x{h}", "images": [_img(w, h, 10 + i)]})
+    for j, mode in enumerate(["RGBA", "P"]):
+        cases.append({"name": f"{mode.lower()}_333x222", "images": [_img(333, 222, 40 + j, mode)]})
+    cases.append({"name": "rgb_1024x1024_nosplit", "images": [_img(1024, 1024, 50)],
+                  "processor_kwargs": {"do_image_splitting": False}})
+    cases.append({"name": "rgb_800x600_longest128", "images": [_img(800, 600, 51)],
+                  "processor_kwargs": {"size": {"longest_edge": 128}}})
+    cases.append({"name": "two_images", "images": [_img(640, 480, 60), _img(100, 300, 61)]})
+    cases.append({"name": "text_only", "images": []})
+    cases.append({"name": "tied_scale4_640x480", "images": [_img(640, 480, 17)], "checkpoint": "tied_scale4"})
+    for k, (w, h) in enumerate([(1920, 1080), (300, 200), (512, 512)]):
+        cases.append({"name": f"smolvlm_geometry_{w}x{h}", "images": [_img(w, h, 70 + k)],
+                      "checkpoint": "smolvlm_geometry", "processor_only": True})
+    for c in cases:
+        c.setdefault("processor_kwargs", {})
+        c.setdefault("checkpoint", "default")
+        c.setdefault("processor_only", False)
+    return cases
+
+
+def messages_for(n_images: int) -> list[dict]:
+    content = [{"type": "image"} for _ in range(n_images)]
+    content.append({"type": "text", "text": PROMPT_TEXT})
+    return [{"role": "user", "content": content}]
+
+
+def _npz_size(arrays: dict) -> int:
+    buf = io.BytesIO()
+    np.savez_compressed(buf, **arrays)
+    return buf.tell()
+
+
+def run_case(case, model, processor, tok_path, torch, rng_seed):
+    from tokenizers import Tokenizer
+
+    out: dict[str, np.ndarray] = {}
+    info: dict = {}
+    images = [synthetic_image(s["width"], s["height"], s["seed"], s["mode"]) for s in case["images"]]
+    prompt = processor.apply_chat_template(messages_for(len(images)), add_generation_prompt=True)
+    out["prompt"] = np.array(prompt)
+    kwargs = dict(case["processor_kwargs"])
+    inputs = processor(images=[images] if images else None, text=prompt, return_tensors="pt",
+                       do_convert_rgb=True, **kwargs)
+    ids = inputs["input_ids"][0].numpy()
+    out["input_ids"] = ids.astype(np.int32)
+    info["num_tokens"] = int(ids.shape[0])
+    info["num_image_tokens"] = int((ids == IMAGE_TOKEN_ID).sum())
+    # the plain `tokenizers` library with its defaults gives the same ids
+    expanded = processor.tokenizer.decode(ids.tolist(), skip_special_tokens=False)
+    assert Tokenizer.from_file(str(tok_path)).encode(expanded).ids == ids.tolist(), "tokenizers disagrees"
+
+    if images:
+        rc = processor.image_processor(images=[images], return_row_col_info=True, do_convert_rgb=True,
+                                       **kwargs)
+        info["rows"], info["cols"] = [int(r) for r in rc["rows"][0]], [int(c) for c in rc["cols"][0]]
+        pv = inputs["pixel_values"].numpy()  # (1, N, 3, H, W)
+        mask = inputs["pixel_attention_mask"].numpy()  # (1, N, H, W)
+        _, N, C, H, W = pv.shape
+        chw = pv[0].transpose(0, 2, 3, 1)  # (N, H, W, 3)
+        u = np.rint(chw.astype(np.float64) * 127.5 + 127.5)
+        assert u.min() >= 0 and u.max() <= 255
+        u = np.ascontiguousarray(u.astype(np.uint8))
+        recon = (u.astype(np.float32) - np.float32(127.5)) / np.float32(127.5)
+        maxdiff = float(np.abs(recon - chw).max())
+        info["pixel_reconstruction_max_abs_diff"] = maxdiff
+        assert maxdiff < 1e-5, maxdiff
+        out["n_frames"] = np.array(N, dtype=np.int32)
+        out["frame_size"] = np.array([H, W], dtype=np.int32)
+        out["pixel_u8_sha256"] = np.array(hashlib.sha256(u.tobytes()).hexdigest())
+        out["pixel_mask_all_ones"] = np.array(bool((mask == 1).all()))
+        u_size = _npz_size({"u": u})
+        info["pixel_u8_compressed_bytes"] = u_size
+        if u_size <= FULL_PIXELS_LIMIT:
+            out["pixel_u8"] = u
+            info["pixels_stored"] = "full"
+        else:
+            srng = np.random.default_rng(rng_seed)
+            idx = np.sort(srng.choice(u.size, size=min(N_SAMPLE, u.size), replace=False)).astype(np.int64)
+            out["pixel_sample_index"] = idx
+            out["pixel_sample_value"] = u.reshape(-1)[idx]
+            info["pixels_stored"] = "sha256+sample"
+        info["n_frames"] = int(N)
+        info["frame_size"] = [int(H), int(W)]
+        info["pixel_mask_all_ones"] = bool(out["pixel_mask_all_ones"])
+
+    if model is None:
+        return out, info
+
+    with torch.no_grad():
+        res = model(**inputs)
+        logits = res.logits[0].float().numpy()
+        out["logits_last"] = logits[-1].astype(np.float32)
+        prng = np.random.default_rng(rng_seed + 1)
+        T = logits.shape[0]
+        pos = np.sort(prng.choice(T, size=min(8, T), replace=False)).astype(np.int32)
+        out["logits_positions"] = pos
+        out["logits_at_positions"] = logits[pos].astype(np.float32)
+
+        gen = model.generate(**inputs, max_new_tokens=MAX_NEW_TOKENS, do_sample=False,
+                             return_dict_in_generate=True, output_logits=True)
+        new = gen.sequences[0, ids.shape[0]:].numpy().astype(np.int32)
+        assert new.shape[0] == MAX_NEW_TOKENS, f"generation stopped early: {new.tolist()}"
+        margins = []
+        for k, step_logits in enumerate(gen.logits):
+            step = step_logits[0].float()
+            assert int(step.argmax()) == int(new[k]), "generate did not pick the raw argmax"
+            top2 = torch.topk(step, 2).values
+            margins.append(float(top2[0] - top2[1]))
+        assert int(new[0]) == int(np.argmax(out["logits_last"]))
+        out["generated_ids"] = new
+        out["generated_margins"] = np.array(margins, dtype=np.float32)
+        info["generated_ids"] = new.tolist()
+        info["min_generated_margin"] = float(min(margins))
+
+        if case["name"] in STAGE_CASES:
+            mm = model.model
+            p = mm.config.vision_config.patch_size
+            f0 = inputs["pixel_values"][0, :1]  # (1, 3, H, W)
+            m0 = inputs["pixel_attention_mask"][0, :1]  # (1, H, W)
+            pam = m0.unfold(1, p, p).unfold(2, p, p).sum(dim=(-1, -2)) > 0
+            emb = mm.vision_model.embeddings(pixel_values=f0, patch_attention_mask=pam)
+            out["vision_embeddings"] = emb[0].float().numpy()
+            vis = mm.vision_model(pixel_values=f0, patch_attention_mask=pam).last_hidden_state
+            out["vision_last_hidden"] = vis[0].float().numpy()
+            conn = mm.connector(vis)
+            out["connector_out"] = conn[0].float().numpy()
+            # self-consistency with the full image path (all frames)
+            feats = mm.get_image_features(inputs["pixel_values"], inputs["pixel_attention_mask"]).pooler_output[0]
+            assert torch.allclose(feats[: conn.shape[1]], conn[0], atol=1e-5)
+            base = mm(**inputs)
+            out["lm_last_hidden"] = base.last_hidden_state[0, -1].float().numpy()
+            head = model.lm_head(base.last_hidden_state[0, -1])
+            assert torch.allclose(head, res.logits[0, -1], atol=1e-4)
+            info["stages"] = True
+    return out, info
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--out", default=str(ROOT / "tests" / "golden" / "idefics3"))
+    ap.add_argument("--only", nargs="*", help="case names to (re)generate")
+    args = ap.parse_args(argv)
+
+    import PIL
+    import tokenizers
+    import torch
+    import torchvision
+    import transformers
+    from transformers import AutoProcessor, Idefics3ForConditionalGeneration
+
+    transformers.logging.set_verbosity_error()
+    torch.manual_seed(0)
+    torch.use_deterministic_algorithms(True, warn_only=True)
+    torch.set_num_threads(max(1, min(8, torch.get_num_threads())))
+
+    out_dir = Path(args.out)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix="tiny_idefics3_"))
+    models, processors, paths, seq_lens = {}, {}, {}, {}
+    try:
+        for name, ck in CHECKPOINTS.items():
+            path = make_tiny_idefics3_checkpoint(tmp / name, **ck)
+            paths[name] = path
+            processors[name] = AutoProcessor.from_pretrained(path)
+            seq_lens[name] = processors[name].image_seq_len
+            if name not in MODEL_CHECKPOINTS:
+                models[name] = None
+                continue
+            model, load_info = Idefics3ForConditionalGeneration.from_pretrained(
+                path, dtype=torch.float32, attn_implementation="eager", output_loading_info=True
+            )
+            bad = {k: v for k, v in load_info.items() if v}
+            if bad:
+                raise SystemExit(f"checkpoint {name} did not load cleanly: {bad}")
+            model.eval()
+            # greedy for exactly MAX_NEW_TOKENS: never stop on EOS
+            model.generation_config.eos_token_id = None
+            models[name] = model
+
+        all_cases = build_cases()
+        only = set(args.only or [])
+        manifest_path = out_dir / "manifest.json"
+        old = {}
+        if only and manifest_path.exists():
+            old = {c["name"]: c for c in json.loads(manifest_path.read_text())["cases"]}
+        entries = []
+        for i, case in enumerate(all_cases):
+            if only and case["name"] not in only:
+                if case["name"] in old:
+                    entries.append(old[case["name"]])
+                continue
+            torch.manual_seed(0)
+            rng_seed = 2000 + 17 * i
+            entry = {
+                "name": case["name"],
+                "file": None,
+                "checkpoint": case["checkpoint"],
+                "processor_only": case["processor_only"],
+                "images": case["images"],
+                "messages": messages_for(len(case["images"])),
+                "processor_kwargs": case["processor_kwargs"],
+                "sample_seed": rng_seed,
+            }
+            npz = out_dir / f"{case['name']}.npz"
+            if npz.exists():
+                npz.unlink()
+            try:
+                arrays, info = run_case(case, models[case["checkpoint"]], processors[case["checkpoint"]],
+                                        paths[case["checkpoint"]] / "tokenizer.json", torch, rng_seed)
+            except Exception as e:  # the reference itself fails: record it
+                entry["status"] = "reference_error"
+                entry["error_type"] = type(e).__name__
+                entry["error"] = str(e)[:2000]
+                entry["traceback_tail"] = traceback.format_exc().strip().splitlines()[-6:]
+            else:
+                np.savez_compressed(npz, **arrays)
+                entry["status"] = "ok"
+                entry["file"] = npz.name
+                entry["file_bytes"] = npz.stat().st_size
+                entry.update(info)
+            entries.append(entry)
+
+        manifest = {
+            "description": "Reference outputs of tiny random SmolVLM (Idefics3) checkpoints; "
+            "see scripts/make_golden_idefics3.py",
+            "regenerate": "/work/refvenv/bin/python scripts/make_golden_idefics3.py",
+            "versions": {
+                "torch": torch.__version__,
+                "torchvision": torchvision.__version__,
+                "transformers": transformers.__version__,
+                "tokenizers": tokenizers.__version__,
+                "numpy": np.__version__,
+                "pillow": PIL.__version__,
+                "python": platform.python_version(),
+            },
+            "reference_settings": {
+                "dtype": "float32",
+                "device": "cpu",
+                "attn_implementation": "eager",
+                "torch_manual_seed": 0,
+                "processor_call": "processor(images=[images] or None, text=prompt, return_tensors='pt', "
+                "do_convert_rgb=True, **processor_kwargs)",
+                "image_processor_class": type(processors["default"].image_processor).__name__,
+                "generate": {"max_new_tokens": MAX_NEW_TOKENS, "do_sample": False, "eos_token_id": None},
+            },
+            "checkpoints": {
+                k: {"make_tiny_idefics3_checkpoint_kwargs": v, "image_seq_len": seq_lens[k],
+                    "model_outputs": k in MODEL_CHECKPOINTS}
+                for k, v in CHECKPOINTS.items()
+            },
+            "pixel_encoding": "pixel_values[0] == ((u - 127.5) / 127.5).transpose(0, 3, 1, 2) (float32), "
+            "u uint8 (n_frames, H, W, 3)",
+            "prompt_text": PROMPT_TEXT,
+            "stage_cases": sorted(STAGE_CASES),
+            "cases": entries,
+        }
+        manifest_path.write_text(json.dumps(manifest, indent=1) + "\n")
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+    total = 0
+    print(f"{'case':28s} {'status':16s} {'tok':>5s} {'img':>5s} {'frm':>4s} {'pixels':>14s} "
+          f"{'gen':>36s} {'KB':>7s}")
+    for e in entries:
+        kb = (e.get("file_bytes") or 0) / 1024
+        total += e.get("file_bytes") or 0
+        print(
+            f"{e['name']:28s} {e['status']:16s} {e.get('num_tokens', ''):>5} {e.get('num_image_tokens', ''):>5} "
+            f"{e.get('n_frames', ''):>4} {e.get('pixels_stored', ''):>14s} "
+            f"{str(e.get('generated_ids', e.get('error_type', ''))):>36s} {kb:7.1f}"
+        )
+        if e["status"] != "ok":
+            print(f"    error: {e['error'][:300]}")
+    total += manifest_path.stat().st_size
+    print(f"total golden size: {total / 1024:.1f} KB in {out_dir}")
+
+
+if __name__ == "__main__":
+    main()
