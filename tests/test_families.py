@@ -1,0 +1,84 @@
+"""Both model families through the same user-facing paths: load(), generate, the
+Captioner's detail presets and `python -m app.caption --model ...`."""
+
+import json
+
+import pytest
+
+from app.captioner import DETAILS, Captioner
+from mlx_vlm_port import generate, load
+from mlx_vlm_port.load import ModelLoadError
+from mlx_vlm_port.processor import UnsupportedOption
+from tests.images import synthetic_image
+from tests.test_cli import FAST, cli, records
+from tests.tiny_idefics3 import make_tiny_idefics3_checkpoint
+
+
+@pytest.fixture(scope="module")
+def smol_path(tmp_path_factory):
+    return make_tiny_idefics3_checkpoint(tmp_path_factory.mktemp("smol") / "smolvlm")
+
+
+@pytest.fixture(scope="module")
+def picture(tmp_path_factory):
+    path = tmp_path_factory.mktemp("pictures") / "photo.jpg"
+    synthetic_image(640, 480, 4).save(path, quality=90)
+    return path
+
+
+def test_each_family_loads_and_generates(tiny_path, smol_path, picture):
+    for path, kind in ((tiny_path, "lfm2_vl"), (smol_path, "idefics3")):
+        model, processor = load(path)
+        assert model.config.model_type == kind
+        prompt = processor.apply_chat_template(
+            [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "Describe."}]}])
+        text = generate(model, processor, prompt, [picture], max_tokens=3, temperature=0)
+        assert isinstance(text, str)
+
+
+def test_image_options_of_the_other_family_are_refused(tiny_path, smol_path):
+    _, smol = load(smol_path)
+    with pytest.raises(UnsupportedOption, match="max_image_tokens does not apply to Idefics3"):
+        smol("<image>", [synthetic_image(64, 64, 1)], max_image_tokens=64)
+    _, lfm = load(tiny_path)
+    with pytest.raises(UnsupportedOption, match="longest_edge does not apply to LFM2-VL"):
+        lfm("<image>", [synthetic_image(64, 64, 1)], longest_edge=512)
+
+
+@pytest.mark.parametrize("detail", list(DETAILS))
+def test_detail_presets_resolve_for_the_loaded_family(tiny_path, smol_path, picture, detail):
+    for path in (tiny_path, smol_path):
+        captioner = Captioner(str(path))
+        last = list(captioner.stream(picture, max_tokens=1, temperature=0, detail=detail))[-1]
+        options = DETAILS[detail][captioner.family]
+        inputs = captioner.processor("<image>", [picture], return_numpy=True, **options)
+        assert last.prompt_tokens > inputs["input_ids"].shape[1]  # the template's text on top of the image
+    smol = Captioner(str(smol_path))
+    fast, detailed = (list(smol.stream(picture, max_tokens=1, detail=d))[-1].prompt_tokens
+                      for d in ("Fast", "Detailed"))
+    assert fast < detailed  # one view against 4x4 tiles and the global view
+
+
+def test_unsupported_model_type_is_named(tmp_path, smol_path):
+    import shutil
+
+    folder = tmp_path / "smolvlm2"
+    shutil.copytree(smol_path, folder)
+    config = json.loads((folder / "config.json").read_text())
+    (folder / "config.json").write_text(json.dumps({**config, "model_type": "smolvlm"}))
+    with pytest.raises(ModelLoadError, match="model_type 'smolvlm' is not supported.*idefics3"):
+        load(folder)
+
+
+def test_cli_runs_either_family_and_refuses_the_other_familys_flag(tiny_path, smol_path, picture):
+    for path in (tiny_path, smol_path):
+        done = cli(picture, "--model", path, "--json", "--detail", "fast", *FAST)
+        assert done.returncode == 0, done.stderr
+        assert records(done.stdout)[0]["model"] == str(path)
+    refused = cli(picture, "--model", smol_path, "--max-image-tokens", "64", *FAST)
+    assert refused.returncode == 2
+    assert b"max_image_tokens does not apply to Idefics3 (SmolVLM) checkpoints" in refused.stderr
+    refused = cli(picture, "--model", tiny_path, "--longest-edge", "512", *FAST)
+    assert refused.returncode == 2 and b"longest_edge does not apply to LFM2-VL" in refused.stderr
+    done = cli(picture, "--model", smol_path, "--longest-edge", "128", *FAST)
+    assert done.returncode == 0, done.stderr
