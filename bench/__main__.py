@@ -1,8 +1,9 @@
-"""`python -m bench`: our LFM2-VL pipeline against mlx-vlm, side by side.
+"""`python -m bench`: our pipeline against mlx-vlm, side by side.
 
 Builds (no download) full-size random-weight LFM2.5-VL-450M checkpoints
-(float32, 8- and 4-bit via `python -m quantize`) and seeded synthetic images
-(512x512: one view; 1024x1024: 2x2 tiles + thumbnail), caches them, then per
+(float32, 8- and 4-bit via `python -m quantize`; `smol-*`: SmolVLM-256M, see
+bench/checkpoints.py) and seeded synthetic images (512x512: one view;
+1024x1024: 2x2 tiles + thumbnail), caches them, then per
 configuration and round runs, each in a fresh process, alternating ours/peer:
   worker  python -m bench.worker: import, load, a first request (1 token),
           then the warm request (--new-tokens): time to first token, decode
@@ -41,8 +42,9 @@ CONFIGS = {  # name -> (checkpoint, image, default new tokens)
     "f32-512": ("f32", "512", 50), "f32-1024": ("f32", "1024", 100),
     "q8-512": ("q8", "512", 50), "q8-1024": ("q8", "1024", 100),
     "q4-512": ("q4", "512", 50), "q4-1024": ("q4", "1024", 100),
+    "smol-f32-512": ("smol-f32", "512", 50), "smol-q4-512": ("smol-q4", "512", 50),
 }
-DEFAULT_CONFIGS = "f32-512,f32-1024,q4-512,q8-512"
+DEFAULT_CONFIGS = "f32-512,f32-1024,q4-512,q8-512,smol-f32-512"
 PROMPT = "Describe this image."
 HERE = Path(__file__).resolve().parent
 

@@ -4,6 +4,10 @@
   float32, written by `tests/tiny_checkpoint.py` (seeded, deterministic).
 - `q8` / `q4`: that checkpoint quantized (affine, group 64, vision tower and
   projector included), in the mlx-vlm layout that both implementations load.
+- `smol-f32` / `smol-q4`: the same for a full-size random SmolVLM-256M
+  (`tests/tiny_idefics3.py`), its processor set to longest_edge 1024 (a 512²
+  image: 2x2 tiles + the global view, 320 image tokens; the checkpoint default
+  2048 would give 17 views) and rope_theta spelled where mlx-vlm reads it.
   Made by `python -m quantize SRC --bits N --out DST` when that command exists
   and succeeds, otherwise by `mlx_vlm_port.quant.quantize_model` + a plain
   mlx-vlm-style save (weights + config with a `quantization` section).
@@ -27,12 +31,16 @@ DEFAULT_CACHE = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) /
 MARKER = ".bench-complete"
 SEED = 0
 VERSION = 1  # bump when the way checkpoints are built changes
-CHECKPOINTS = {"f32": None, "q8": 8, "q4": 4}  # name -> bits (None: float32)
+CHECKPOINTS = {"f32": None, "q8": 8, "q4": 4, "smol-f32": None, "smol-q4": 4}  # name -> bits (None: float32)
+SMOL_BENCH = dict(text_overrides={"rope_parameters": None, "rope_theta": 100000.0},
+                  processor_overrides={"size": {"longest_edge": 1024}})
 GROUP_SIZE = 64
 COPY_SUFFIXES = (".json", ".jinja", ".txt", ".model")
 
 
 def folder(cache: Path, name: str) -> Path:
+    if name.startswith("smol-"):
+        return Path(cache) / f"smolvlm-256m-random-s{SEED}-{name.removeprefix('smol-')}"
     return Path(cache) / f"lfm25-vl-450m-random-s{SEED}-{name}"
 
 
@@ -47,11 +55,20 @@ def _finish(path: Path, how: str, seconds: float) -> None:
     (path / MARKER).write_text(json.dumps({"version": VERSION, "how": how, "seconds": round(seconds, 1)}) + "\n")
 
 
-def build_f32(path: Path) -> None:
+def build_f32(path: Path, name: str) -> str:
+    """Write the float checkpoint `name`; returns how, in words."""
     sys.path.insert(0, str(ROOT))
+    if name == "smol-f32":
+        from tests.tiny_idefics3 import SMOLVLM_256M, make_tiny_idefics3_checkpoint
+
+        spec = {**SMOLVLM_256M, **SMOL_BENCH, "text_overrides": {**SMOLVLM_256M["text_overrides"],
+                                                                 **SMOL_BENCH["text_overrides"]}}
+        make_tiny_idefics3_checkpoint(path, seed=SEED, **spec)
+        return "tests/tiny_idefics3.py make_tiny_idefics3_checkpoint(**SMOLVLM_256M), longest_edge 1024"
     from tests.tiny_checkpoint import LFM25_VL_450M, make_tiny_checkpoint
 
     make_tiny_checkpoint(path, seed=SEED, **LFM25_VL_450M)
+    return "tests/tiny_checkpoint.py make_tiny_checkpoint(**LFM25_VL_450M)"
 
 
 def _quantize_cli(src: Path, dst: Path, bits: int, log) -> bool:
@@ -90,7 +107,7 @@ def _quantize_here(src: Path, dst: Path, bits: int) -> None:
 
 
 def ensure(cache: Path, name: str, log=print) -> Path:
-    """The folder of checkpoint `name` ("f32", "q8", "q4"), built if needed."""
+    """The folder of checkpoint `name` (a key of CHECKPOINTS), built if needed."""
     path = folder(cache, name)
     if is_built(path):
         return path
@@ -100,10 +117,9 @@ def ensure(cache: Path, name: str, log=print) -> Path:
     tic = time.perf_counter()
     if bits is None:
         log(f"building {path} (float32, random weights, seed {SEED}) ...")
-        build_f32(path)
-        how = "tests/tiny_checkpoint.py make_tiny_checkpoint(**LFM25_VL_450M)"
+        how = build_f32(path, name)
     else:
-        src = ensure(cache, "f32", log)
+        src = ensure(cache, "smol-f32" if name.startswith("smol-") else "f32", log)
         log(f"building {path} ({bits}-bit, group {GROUP_SIZE}) ...")
         if _quantize_cli(src, path, bits, log):
             how = f"python -m quantize {src.name} --bits {bits}"
@@ -212,7 +228,7 @@ def lm_bytes(path: Path) -> int:
     Quantized tensors count packed weights + scales + biases as stored."""
     sizes = _tensor_sizes(path)
     lm = {k: v for k, v in sizes.items()
-          if k.startswith(("model.language_model.", "language_model.", "lm_head."))}
+          if k.startswith(("model.language_model.", "model.text_model.", "language_model.", "lm_head."))}
     head = {k: v for k, v in lm.items() if "lm_head." in k}
     embed = {k: v for k, v in lm.items() if ".embed_tokens." in k}
     config = json.loads((path / "config.json").read_text())

@@ -166,7 +166,7 @@ def write_report(results: dict, out: Path) -> str:
         lines.append(f"- {name}:")
         lines += [f"  - `{cmd}`" for cmd in conf["commands"].values()]
     lines += ["", "## Results (medians over rounds)", "", tab, "", DEFINITIONS, "",
-              "Checkpoints (random weights, full LFM2.5-VL-450M shape, seed 0; images: seeded synthetic):", "",
+              "Checkpoints (random weights, the full LFM2.5-VL-450M or SmolVLM-256M shape, seed 0; images: seeded synthetic):", "",
               "| config | checkpoint | built by | file | LM bytes per decode token | new tokens | tokens |",
               "|---|---|---|---|---|---|---|"]
     for name, c in results["configs"].items():

@@ -1,11 +1,12 @@
-"""On-demand parity check on a full-size (LFM2.5-VL-450M-shaped) random checkpoint.
+"""On-demand parity check on a full-size random checkpoint: LFM2.5-VL-450M-shaped,
+or SmolVLM-256M-shaped with --family idefics3.
 
 Two steps, each in its own environment (CI runs neither):
 
     # 1. reference outputs, in a venv with torch, torchvision and transformers:
-    python scripts/full_parity.py reference --dir /tmp/lfm-full
+    python scripts/full_parity.py reference --dir /tmp/lfm-full [--family idefics3]
     # 2. compare ours, in the project's venv:
-    python scripts/full_parity.py compare --dir /tmp/lfm-full
+    python scripts/full_parity.py compare --dir /tmp/lfm-full [--family idefics3]
 
 Step 1 writes the random checkpoint (if absent) and reference.npz; step 2
 prints per-case errors and exits 1 if ids, pixels, logits (1e-4 relative) or
@@ -26,29 +27,37 @@ sys.path.insert(0, str(ROOT))
 
 from tests.images import synthetic_image  # noqa: E402
 from tests.tiny_checkpoint import LFM25_VL_450M, make_tiny_checkpoint  # noqa: E402
+from tests.tiny_idefics3 import SMOLVLM_256M, make_tiny_idefics3_checkpoint  # noqa: E402
+
+# family → (write the full-size random checkpoint, the reference model class)
+FAMILIES = {
+    "lfm2_vl": (lambda path: make_tiny_checkpoint(path, seed=1, **LFM25_VL_450M), "Lfm2VlForConditionalGeneration"),
+    "idefics3": (lambda path: make_tiny_idefics3_checkpoint(path, seed=1, **SMOLVLM_256M),
+                 "Idefics3ForConditionalGeneration"),
+}
 
 CASES = {"512x512": (512, 512, 21), "1920x1080": (1920, 1080, 22), "300x200": (300, 200, 23)}
 MESSAGES = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "Describe this image."}]}]
 NEW_TOKENS = 8
 
 
-def checkpoint(folder: Path) -> Path:
+def checkpoint(folder: Path, family: str) -> Path:
     path = folder / "checkpoint"
     if not (path / "config.json").exists():
         t = time.perf_counter()
-        make_tiny_checkpoint(path, seed=1, **LFM25_VL_450M)
+        FAMILIES[family][0](path)
         print(f"wrote full-size random checkpoint to {path} in {time.perf_counter() - t:.0f} s")
     return path
 
 
-def reference(folder: Path) -> None:
+def reference(folder: Path, family: str) -> None:
     import torch
-    from transformers import AutoProcessor, Lfm2VlForConditionalGeneration
+    import transformers
 
-    path = checkpoint(folder)
-    processor = AutoProcessor.from_pretrained(path)
-    model = Lfm2VlForConditionalGeneration.from_pretrained(path, dtype=torch.float32,
-                                                           attn_implementation="eager").eval()
+    path = checkpoint(folder, family)
+    processor = transformers.AutoProcessor.from_pretrained(path)
+    model_class = getattr(transformers, FAMILIES[family][1])
+    model = model_class.from_pretrained(path, dtype=torch.float32, attn_implementation="eager").eval()
     out = {}
     for name, (w, h, seed) in CASES.items():
         prompt = processor.apply_chat_template(MESSAGES, add_generation_prompt=True)
@@ -59,7 +68,10 @@ def reference(folder: Path) -> None:
                                  return_dict_in_generate=True, output_logits=True)
         n = inputs["input_ids"].shape[1]
         out[f"{name}/input_ids"] = inputs["input_ids"][0].numpy()
-        out[f"{name}/pixel_values"] = inputs["pixel_values"].numpy()
+        pixels = inputs["pixel_values"].numpy()
+        if pixels.ndim == 5:  # Idefics3's (1, frames, C, H, W) -> our (frames, H, W, C)
+            pixels = pixels[0].transpose(0, 2, 3, 1)
+        out[f"{name}/pixel_values"] = pixels
         out[f"{name}/logits_last"] = logits[-1].numpy()
         out[f"{name}/logits_mean"] = logits.mean(0).numpy()
         out[f"{name}/generated"] = gen.sequences[0, n:].numpy()
@@ -83,8 +95,8 @@ def compare(folder: Path) -> int:
         ids_ok = np.array_equal(np.asarray(x["input_ids"][0]), ref[f"{name}/input_ids"])
         pix = float(np.abs(np.asarray(x["pixel_values"]) - ref[f"{name}/pixel_values"]).max())
         t = time.perf_counter()
-        logits = model(x["input_ids"], pixel_values=x["pixel_values"],
-                       pixel_attention_mask=x["pixel_attention_mask"], spatial_shapes=x["spatial_shapes"])[0]
+        images = {k: v for k, v in x.items() if k != "input_ids"}  # the family's own image arrays
+        logits = model(x["input_ids"], **images)[0]
         mx.eval(logits)
         seconds = time.perf_counter() - t
         scale = np.abs(ref[f"{name}/logits_last"]).max()
@@ -107,10 +119,11 @@ def main() -> int:
     ap = argparse.ArgumentParser(description="Full-size parity check against transformers (on demand).")
     ap.add_argument("step", choices=["reference", "compare"])
     ap.add_argument("--dir", type=Path, default=Path("/tmp/lfm2-vl-full-parity"))
+    ap.add_argument("--family", choices=list(FAMILIES), default="lfm2_vl")
     args = ap.parse_args()
     args.dir.mkdir(parents=True, exist_ok=True)
     if args.step == "reference":
-        reference(args.dir)
+        reference(args.dir, args.family)
         return 0
     return compare(args.dir)
 
