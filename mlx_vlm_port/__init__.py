@@ -1,4 +1,4 @@
-"""LFM2-VL in pure MLX: `load`, `generate`, `stream_generate`.
+"""LFM2-VL (and SmolVLM) in pure MLX: `load`, `generate`, `stream_generate`.
 
     from mlx_vlm_port import load, generate
     model, processor = load("LiquidAI/LFM2.5-VL-450M")

@@ -37,7 +37,7 @@ from pathlib import Path
 import numpy as np
 
 from tests.safetensors_io import read_safetensors, write_safetensors  # noqa: F401  (re-exported)
-from tests.tiny_tokenizer import _CORPUS, VOCAB_SIZE, tokenizer_json
+from tests.tiny_tokenizer import _CORPUS, VOCAB_SIZE, build_tokenizer, tokenizer_json
 
 __all__ = [
     "make_tiny_idefics3_checkpoint", "tiny_idefics3_config", "tiny_idefics3_weights",
@@ -94,24 +94,7 @@ CHAT_TEMPLATE = (
 
 def build_idefics3_tokenizer():
     """Deterministic byte-level BPE (1024 entries, SmolVLM's special tokens, no BOS)."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
-
-    tok = Tokenizer(models.BPE(unk_token=None, fuse_unk=False, byte_fallback=False))
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
-    tok.decoder = decoders.ByteLevel()
-    tok.post_processor = processors.ByteLevel(trim_offsets=False)
-    trainer = trainers.BpeTrainer(
-        vocab_size=VOCAB_SIZE, min_frequency=1, show_progress=False, special_tokens=SPECIAL_TOKENS,
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-    )
-    tok.train_from_iterator((_CORPUS + "\n" + _EXTRA_CORPUS).split("\n\n"), trainer=trainer)
-    vocab = tok.get_vocab()
-    if len(vocab) != VOCAB_SIZE:
-        raise RuntimeError(f"tiny tokenizer has {len(vocab)} entries, expected {VOCAB_SIZE}")
-    for i, s in enumerate(SPECIAL_TOKENS):
-        if vocab[s] != i:
-            raise RuntimeError(f"special token {s!r} has id {vocab[s]}, expected {i}")
-    return tok
+    return build_tokenizer(SPECIAL_TOKENS, _CORPUS + "\n" + _EXTRA_CORPUS, bos=None)
 
 
 def _tokenizer_config() -> dict:

@@ -69,38 +69,34 @@ has typed a question into the box and is waiting for the answer to appear.
 """
 
 
-def build_tokenizer():
-    """Deterministic byte-level BPE tokenizer with exactly 1024 entries."""
+def build_tokenizer(special_tokens: list[str] | None = None, corpus: str = _CORPUS, bos: str | None = "<|startoftext|>"):
+    """Deterministic byte-level BPE tokenizer with exactly 1024 entries, `special_tokens`
+    first (ids 0..n-1; default LFM2's). With `bos`, encode(..., add_special_tokens=True)
+    prepends it, like the published LFM2 tokenizers; chat prompts already carry it, so
+    callers (and the reference processor) encode them with add_special_tokens=False."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
 
+    special_tokens = SPECIAL_TOKENS if special_tokens is None else special_tokens
     tok = Tokenizer(models.BPE(unk_token=None, fuse_unk=False, byte_fallback=False))
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
     tok.decoder = decoders.ByteLevel()
-    # like the published LFM2 tokenizers: encode(..., add_special_tokens=True)
-    # prepends <|startoftext|>; chat prompts already carry it, so callers
-    # (and the reference processor) encode them with add_special_tokens=False.
-    tok.post_processor = processors.Sequence(
-        [
-            processors.ByteLevel(trim_offsets=False),
-            processors.TemplateProcessing(
-                single="<|startoftext|> $A",
-                pair="<|startoftext|> $A <|startoftext|> $B",
-                special_tokens=[("<|startoftext|>", 1)],
-            ),
-        ]
-    )
+    tok.post_processor = processors.ByteLevel(trim_offsets=False)
+    if bos is not None:
+        template = processors.TemplateProcessing(single=f"{bos} $A", pair=f"{bos} $A {bos} $B",
+                                                 special_tokens=[(bos, special_tokens.index(bos))])
+        tok.post_processor = processors.Sequence([tok.post_processor, template])
     trainer = trainers.BpeTrainer(
         vocab_size=VOCAB_SIZE,
         min_frequency=1,
         show_progress=False,
-        special_tokens=SPECIAL_TOKENS,
+        special_tokens=special_tokens,
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
     )
-    tok.train_from_iterator(_CORPUS.split("\n\n"), trainer=trainer)
+    tok.train_from_iterator(corpus.split("\n\n"), trainer=trainer)
     vocab = tok.get_vocab()
     if len(vocab) != VOCAB_SIZE:
         raise RuntimeError(f"tiny tokenizer has {len(vocab)} entries, expected {VOCAB_SIZE}")
-    for i, s in enumerate(SPECIAL_TOKENS):
+    for i, s in enumerate(special_tokens):
         if vocab[s] != i:
             raise RuntimeError(f"special token {s!r} has id {vocab[s]}, expected {i}")
     return tok

@@ -1,5 +1,6 @@
-"""The two steps every vision-language model here shares: folding neighbouring
-patches into channels, and writing image features over the `<image>` tokens."""
+"""What every vision-language model here shares: folding neighbouring patches
+into channels, writing image features over the `<image>` tokens, and dropping
+a stored head that the config ties to the embedding."""
 
 from __future__ import annotations
 
@@ -29,3 +30,11 @@ def merge_image_features(embeds: mx.array, input_ids: mx.array, image_token_id: 
                          f"{image_features.shape[0]} features")
     embeds[0, mx.array(positions)] = image_features.astype(embeds.dtype)
     return embeds
+
+
+def drop_tied_head(weights: dict, tied: bool) -> dict:
+    """Without `language_model.lm_head.*` when the head is tied (some exports store a copy)."""
+    if tied:
+        for suffix in ("weight", "scales", "biases"):
+            weights.pop(f"language_model.lm_head.{suffix}", None)
+    return weights

@@ -17,7 +17,7 @@ import numpy as np
 
 from ..config import known_fields
 from . import llama
-from .common import merge_image_features, pixel_unshuffle
+from .common import drop_tied_head, merge_image_features, pixel_unshuffle
 from .siglip2 import MAX_VIEWS_PER_BATCH, Encoder
 
 
@@ -206,7 +206,5 @@ class Model(nn.Module):
             if k == "vision_model.embeddings.patch_embedding.weight" and v.ndim == 4 and v.shape[-1] != channels:
                 v = v.transpose(0, 2, 3, 1)  # torch (D, C, p, p) -> mlx (D, p, p, C)
             out[k] = v
-        if self.config.text_config.tie_word_embeddings:
-            for suffix in ("weight", "scales", "biases"):
-                out.pop(f"language_model.lm_head.{suffix}", None)
+        drop_tied_head(out, self.config.text_config.tie_word_embeddings)
         return out

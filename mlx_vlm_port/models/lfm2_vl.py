@@ -15,7 +15,7 @@ import numpy as np
 
 from ..config import known_fields
 from . import lfm2, siglip2
-from .common import merge_image_features, pixel_unshuffle
+from .common import drop_tied_head, merge_image_features, pixel_unshuffle
 
 
 @dataclass
@@ -145,7 +145,5 @@ class Model(nn.Module):
             if k.endswith(".conv.conv.weight") and v.ndim == 3 and v.shape[1] == 1 and v.shape[2] > 1:
                 v = v.transpose(0, 2, 1)  # torch (D, 1, K) -> mlx (D, K, 1)
             out[k] = v
-        if self.config.text_config.tie_word_embeddings:
-            for suffix in ("weight", "scales", "biases"):
-                out.pop(f"language_model.lm_head.{suffix}", None)
+        drop_tied_head(out, self.config.text_config.tie_word_embeddings)
         return siglip2.VisionModel.sanitize(out)
