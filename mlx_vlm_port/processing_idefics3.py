@@ -90,7 +90,11 @@ class ImageProcessor:
         self.image_token = image_token
 
     @classmethod
-    def from_settings(cls, settings: dict) -> "ImageProcessor":
+    def from_settings(cls, settings: dict, model_config: dict) -> "ImageProcessor":
+        if "image_seq_len" not in settings:  # older folders: what the model's geometry gives
+            v = model_config.get("vision_config") or {}
+            side = v.get("image_size", 224) // v.get("patch_size", 32)  # transformers' defaults
+            settings = {**settings, "image_seq_len": side**2 // model_config.get("scale_factor", 2) ** 2}
         return cls(ImageConfig.from_dict(settings))
 
     def resize(self, image: np.ndarray, height: int, width: int) -> np.ndarray:

@@ -95,7 +95,7 @@ class ImageProcessor:
         self.image_token = image_token
 
     @classmethod
-    def from_settings(cls, settings: dict) -> "ImageProcessor":
+    def from_settings(cls, settings: dict, model_config: dict) -> "ImageProcessor":
         return cls(ImageConfig.from_dict(settings))
 
     def tokens_for(self, height: int, width: int) -> int:

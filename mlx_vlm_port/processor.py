@@ -67,7 +67,8 @@ class Processor:
             template = _read_json(path / "chat_template.json").get("chat_template")
         template = template or tok_cfg.get("chat_template") or settings.get("chat_template")
         eos = _read_json(path / "generation_config.json").get("eos_token_id")
-        image_processor = FAMILIES[model_type(path)].ImageProcessor.from_settings(settings)
+        image_processor = FAMILIES[model_type(path)].ImageProcessor.from_settings(
+            settings, _read_json(path / "config.json"))
         return cls(Tokenizer.from_file(str(path / "tokenizer.json")), template, image_processor,
                    bos_token=_token_str(tok_cfg.get("bos_token"), "<|startoftext|>"),
                    eos_token=_token_str(tok_cfg.get("eos_token"), "<|im_end|>"),

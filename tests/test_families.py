@@ -82,3 +82,13 @@ def test_cli_runs_either_family_and_refuses_the_other_familys_flag(tiny_path, sm
     assert refused.returncode == 2 and b"longest_edge does not apply to LFM2-VL" in refused.stderr
     done = cli(picture, "--model", smol_path, "--longest-edge", "128", *FAST)
     assert done.returncode == 0, done.stderr
+
+
+def test_smolvlm_folder_without_image_seq_len_takes_the_model_geometry(tmp_path, smol_path):
+    import shutil
+
+    folder = tmp_path / "old"
+    shutil.copytree(smol_path, folder)
+    (folder / "processor_config.json").write_text(json.dumps({"processor_class": "Idefics3Processor"}))
+    _, processor = load(folder)
+    assert processor.image_processor.config.image_seq_len == 16  # (64 / 8)² / 2²
