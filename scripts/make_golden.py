@@ -38,14 +38,11 @@ A case whose reference call raised stores no .npz; the manifest has the error.
 from __future__ import annotations
 
 import argparse
-import hashlib
-import io
 import json
 import platform
 import shutil
 import sys
 import tempfile
-import traceback
 from pathlib import Path
 
 import numpy as np
@@ -53,13 +50,12 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from scripts.golden_common import (MAX_NEW_TOKENS, logits_and_greedy, messages_for, print_summary,  # noqa: E402
+                                   run_cases, store_pixels)
 from tests.images import synthetic_image  # noqa: E402
 from tests.tiny_checkpoint import make_tiny_checkpoint  # noqa: E402
 
 PROMPT_TEXT = "Describe this image."
-FULL_PIXELS_LIMIT = 600_000  # bytes (compressed) above which only sha256 + sample are stored
-N_SAMPLE = 4096
-MAX_NEW_TOKENS = 8
 
 CHECKPOINTS = {
     "default": {"seed": 0, "projector_use_layernorm": True, "tie": True},
@@ -122,23 +118,12 @@ def build_cases() -> list[dict]:
     return cases
 
 
-def messages_for(n_images: int) -> list[dict]:
-    content = [{"type": "image"} for _ in range(n_images)]
-    content.append({"type": "text", "text": PROMPT_TEXT})
-    return [{"role": "user", "content": content}]
-
-
-def _npz_size(arrays: dict) -> int:
-    buf = io.BytesIO()
-    np.savez_compressed(buf, **arrays)
-    return buf.tell()
-
-
 def run_case(case, model, processor, torch, rng_seed):
+    torch.manual_seed(0)
     out: dict[str, np.ndarray] = {}
     info: dict = {}
     images = [synthetic_image(s["width"], s["height"], s["seed"], s["mode"]) for s in case["images"]]
-    prompt = processor.apply_chat_template(messages_for(len(images)), add_generation_prompt=True)
+    prompt = processor.apply_chat_template(messages_for(len(images), PROMPT_TEXT), add_generation_prompt=True)
     out["prompt"] = np.array(prompt)
     kwargs = dict(case["processor_kwargs"])
     inputs = processor(
@@ -172,48 +157,13 @@ def run_case(case, model, processor, torch, rng_seed):
         out["spatial_shapes"] = ss.astype(np.int32)
         out["view_lengths"] = lengths.astype(np.int32)
         out["padded_length"] = np.array(P, dtype=np.int32)
-        out["pixel_u8_sha256"] = np.array(hashlib.sha256(np.ascontiguousarray(u).tobytes()).hexdigest())
-        u_size = _npz_size({"u": u})
-        info["pixel_u8_compressed_bytes"] = u_size
-        if u_size <= FULL_PIXELS_LIMIT:
-            out["pixel_u8"] = u
-            info["pixels_stored"] = "full"
-        else:
-            srng = np.random.default_rng(rng_seed)
-            idx = np.sort(srng.choice(u.size, size=min(N_SAMPLE, u.size), replace=False)).astype(np.int64)
-            out["pixel_sample_index"] = idx
-            out["pixel_sample_value"] = u.reshape(-1)[idx]
-            info["pixels_stored"] = "sha256+sample"
+        store_pixels(u, out, info, rng_seed)
         info["num_views"] = int(V)
         info["spatial_shapes"] = ss.tolist()
         info["pixel_values_shape"] = [int(V), int(P), int(D)]
 
     with torch.no_grad():
-        res = model(**inputs)
-        logits = res.logits[0].float().numpy()
-        out["logits_last"] = logits[-1].astype(np.float32)
-        prng = np.random.default_rng(rng_seed + 1)
-        T = logits.shape[0]
-        pos = np.sort(prng.choice(T, size=min(8, T), replace=False)).astype(np.int32)
-        out["logits_positions"] = pos
-        out["logits_at_positions"] = logits[pos].astype(np.float32)
-
-        gen = model.generate(
-            **inputs,
-            max_new_tokens=MAX_NEW_TOKENS,
-            do_sample=False,
-            return_dict_in_generate=True,
-            output_logits=True,
-        )
-        new = gen.sequences[0, ids.shape[0]:].numpy().astype(np.int32)
-        out["generated_ids"] = new
-        margins = []
-        for step_logits in gen.logits:
-            top2 = torch.topk(step_logits[0].float(), 2).values
-            margins.append(float(top2[0] - top2[1]))
-        out["generated_margins"] = np.array(margins, dtype=np.float32)
-        info["generated_ids"] = new.tolist()
-        info["min_generated_margin"] = float(min(margins)) if margins else None
+        res, _ = logits_and_greedy(model, inputs, torch, rng_seed, out, info)
 
         if case["name"] in STAGE_CASES:
             vt = model.model.vision_tower
@@ -272,50 +222,15 @@ def main(argv=None):
             models[name] = model
             processors[name] = AutoProcessor.from_pretrained(path)
 
-        cases = build_cases()
-        if args.only:
-            cases = [c for c in cases if c["name"] in set(args.only)]
+        entries = run_cases(
+            build_cases(), lambda case, seed: run_case(case, models[case["checkpoint"]],
+                                                       processors[case["checkpoint"]], torch, seed),
+            out_dir, args.only, 1000,
+            lambda case, seed: {"name": case["name"], "file": None, "images": case["images"],
+                                "messages": messages_for(len(case["images"]), PROMPT_TEXT),
+                                "processor_kwargs": case["processor_kwargs"], "checkpoint": case["checkpoint"],
+                                "sample_seed": seed})
         manifest_path = out_dir / "manifest.json"
-        old = {}
-        if args.only and manifest_path.exists():
-            old = {c["name"]: c for c in json.loads(manifest_path.read_text())["cases"]}
-        entries = []
-        for i, case in enumerate(build_cases()):
-            if args.only and case["name"] not in set(args.only):
-                if case["name"] in old:
-                    entries.append(old[case["name"]])
-                continue
-            torch.manual_seed(0)
-            rng_seed = 1000 + 17 * i
-            entry = {
-                "name": case["name"],
-                "file": None,
-                "images": case["images"],
-                "messages": messages_for(len(case["images"])),
-                "processor_kwargs": case["processor_kwargs"],
-                "checkpoint": case["checkpoint"],
-                "sample_seed": rng_seed,
-            }
-            npz = out_dir / f"{case['name']}.npz"
-            if npz.exists():
-                npz.unlink()
-            try:
-                arrays, info = run_case(
-                    case, models[case["checkpoint"]], processors[case["checkpoint"]], torch, rng_seed
-                )
-            except Exception as e:  # the reference itself fails: record it
-                entry["status"] = "reference_error"
-                entry["error_type"] = type(e).__name__
-                entry["error"] = str(e)[:2000]
-                entry["traceback_tail"] = traceback.format_exc().strip().splitlines()[-6:]
-            else:
-                np.savez_compressed(npz, **arrays)
-                entry["status"] = "ok"
-                entry["file"] = npz.name
-                entry["file_bytes"] = npz.stat().st_size
-                entry.update(info)
-            entries.append(entry)
-
         manifest = {
             "description": "Reference outputs of tiny random LFM2-VL checkpoints; see scripts/make_golden.py",
             "regenerate": "/work/refvenv/bin/python scripts/make_golden.py",
@@ -347,21 +262,7 @@ def main(argv=None):
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 
-    # summary
-    total = 0
-    print(f"{'case':34s} {'status':16s} {'tok':>5s} {'img':>5s} {'views':>5s} {'pixels':>14s} {'gen':>28s} {'KB':>7s}")
-    for e in entries:
-        kb = (e.get("file_bytes") or 0) / 1024
-        total += e.get("file_bytes") or 0
-        print(
-            f"{e['name']:34s} {e['status']:16s} {e.get('num_tokens', ''):>5} {e.get('num_image_tokens', ''):>5} "
-            f"{e.get('num_views', ''):>5} {e.get('pixels_stored', ''):>14s} "
-            f"{str(e.get('generated_ids', e.get('error_type', ''))):>28s} {kb:7.1f}"
-        )
-        if e["status"] != "ok":
-            print(f"    error: {e['error'][:300]}")
-    total += manifest_path.stat().st_size
-    print(f"total golden size: {total / 1024:.1f} KB in {out_dir}")
+    print_summary(entries, manifest_path, "num_views")
 
 
 if __name__ == "__main__":

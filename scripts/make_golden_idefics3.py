@@ -43,14 +43,11 @@ stores no .npz; the manifest has the error.
 from __future__ import annotations
 
 import argparse
-import hashlib
-import io
 import json
 import platform
 import shutil
 import sys
 import tempfile
-import traceback
 from pathlib import Path
 
 import numpy as np
@@ -58,13 +55,12 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from scripts.golden_common import (MAX_NEW_TOKENS, logits_and_greedy, messages_for, print_summary,  # noqa: E402
+                                   run_cases, store_pixels)
 from tests.images import synthetic_image  # noqa: E402
 from tests.tiny_idefics3 import IMAGE_TOKEN_ID, make_tiny_idefics3_checkpoint  # noqa: E402
 
 PROMPT_TEXT = "Describe this image."
-FULL_PIXELS_LIMIT = 600_000  # bytes (compressed) above which only sha256 + sample are stored
-N_SAMPLE = 4096
-MAX_NEW_TOKENS = 8
 
 CHECKPOINTS = {
     "default": {"seed": 0, "tie": False},
@@ -111,25 +107,14 @@ def build_cases() -> list[dict]:
     return cases
 
 
-def messages_for(n_images: int) -> list[dict]:
-    content = [{"type": "image"} for _ in range(n_images)]
-    content.append({"type": "text", "text": PROMPT_TEXT})
-    return [{"role": "user", "content": content}]
-
-
-def _npz_size(arrays: dict) -> int:
-    buf = io.BytesIO()
-    np.savez_compressed(buf, **arrays)
-    return buf.tell()
-
-
 def run_case(case, model, processor, tok_path, torch, rng_seed):
     from tokenizers import Tokenizer
 
+    torch.manual_seed(0)
     out: dict[str, np.ndarray] = {}
     info: dict = {}
     images = [synthetic_image(s["width"], s["height"], s["seed"], s["mode"]) for s in case["images"]]
-    prompt = processor.apply_chat_template(messages_for(len(images)), add_generation_prompt=True)
+    prompt = processor.apply_chat_template(messages_for(len(images), PROMPT_TEXT), add_generation_prompt=True)
     out["prompt"] = np.array(prompt)
     kwargs = dict(case["processor_kwargs"])
     inputs = processor(images=[images] if images else None, text=prompt, return_tensors="pt",
@@ -159,19 +144,8 @@ def run_case(case, model, processor, tok_path, torch, rng_seed):
         assert maxdiff < 1e-5, maxdiff
         out["n_frames"] = np.array(N, dtype=np.int32)
         out["frame_size"] = np.array([H, W], dtype=np.int32)
-        out["pixel_u8_sha256"] = np.array(hashlib.sha256(u.tobytes()).hexdigest())
         out["pixel_mask_all_ones"] = np.array(bool((mask == 1).all()))
-        u_size = _npz_size({"u": u})
-        info["pixel_u8_compressed_bytes"] = u_size
-        if u_size <= FULL_PIXELS_LIMIT:
-            out["pixel_u8"] = u
-            info["pixels_stored"] = "full"
-        else:
-            srng = np.random.default_rng(rng_seed)
-            idx = np.sort(srng.choice(u.size, size=min(N_SAMPLE, u.size), replace=False)).astype(np.int64)
-            out["pixel_sample_index"] = idx
-            out["pixel_sample_value"] = u.reshape(-1)[idx]
-            info["pixels_stored"] = "sha256+sample"
+        store_pixels(u, out, info, rng_seed)
         info["n_frames"] = int(N)
         info["frame_size"] = [int(H), int(W)]
         info["pixel_mask_all_ones"] = bool(out["pixel_mask_all_ones"])
@@ -180,30 +154,12 @@ def run_case(case, model, processor, tok_path, torch, rng_seed):
         return out, info
 
     with torch.no_grad():
-        res = model(**inputs)
-        logits = res.logits[0].float().numpy()
-        out["logits_last"] = logits[-1].astype(np.float32)
-        prng = np.random.default_rng(rng_seed + 1)
-        T = logits.shape[0]
-        pos = np.sort(prng.choice(T, size=min(8, T), replace=False)).astype(np.int32)
-        out["logits_positions"] = pos
-        out["logits_at_positions"] = logits[pos].astype(np.float32)
-
-        gen = model.generate(**inputs, max_new_tokens=MAX_NEW_TOKENS, do_sample=False,
-                             return_dict_in_generate=True, output_logits=True)
-        new = gen.sequences[0, ids.shape[0]:].numpy().astype(np.int32)
+        res, gen = logits_and_greedy(model, inputs, torch, rng_seed, out, info)
+        new = out["generated_ids"]
         assert new.shape[0] == MAX_NEW_TOKENS, f"generation stopped early: {new.tolist()}"
-        margins = []
         for k, step_logits in enumerate(gen.logits):
-            step = step_logits[0].float()
-            assert int(step.argmax()) == int(new[k]), "generate did not pick the raw argmax"
-            top2 = torch.topk(step, 2).values
-            margins.append(float(top2[0] - top2[1]))
+            assert int(step_logits[0].float().argmax()) == int(new[k]), "generate did not pick the raw argmax"
         assert int(new[0]) == int(np.argmax(out["logits_last"]))
-        out["generated_ids"] = new
-        out["generated_margins"] = np.array(margins, dtype=np.float32)
-        info["generated_ids"] = new.tolist()
-        info["min_generated_margin"] = float(min(margins))
 
         if case["name"] in STAGE_CASES:
             mm = model.model
@@ -270,49 +226,17 @@ def main(argv=None):
             model.generation_config.eos_token_id = None
             models[name] = model
 
-        all_cases = build_cases()
-        only = set(args.only or [])
-        manifest_path = out_dir / "manifest.json"
-        old = {}
-        if only and manifest_path.exists():
-            old = {c["name"]: c for c in json.loads(manifest_path.read_text())["cases"]}
-        entries = []
-        for i, case in enumerate(all_cases):
-            if only and case["name"] not in only:
-                if case["name"] in old:
-                    entries.append(old[case["name"]])
-                continue
-            torch.manual_seed(0)
-            rng_seed = 2000 + 17 * i
-            entry = {
-                "name": case["name"],
-                "file": None,
-                "checkpoint": case["checkpoint"],
-                "processor_only": case["processor_only"],
-                "images": case["images"],
-                "messages": messages_for(len(case["images"])),
-                "processor_kwargs": case["processor_kwargs"],
-                "sample_seed": rng_seed,
-            }
-            npz = out_dir / f"{case['name']}.npz"
-            if npz.exists():
-                npz.unlink()
-            try:
-                arrays, info = run_case(case, models[case["checkpoint"]], processors[case["checkpoint"]],
-                                        paths[case["checkpoint"]] / "tokenizer.json", torch, rng_seed)
-            except Exception as e:  # the reference itself fails: record it
-                entry["status"] = "reference_error"
-                entry["error_type"] = type(e).__name__
-                entry["error"] = str(e)[:2000]
-                entry["traceback_tail"] = traceback.format_exc().strip().splitlines()[-6:]
-            else:
-                np.savez_compressed(npz, **arrays)
-                entry["status"] = "ok"
-                entry["file"] = npz.name
-                entry["file_bytes"] = npz.stat().st_size
-                entry.update(info)
-            entries.append(entry)
+        def entry(case, seed):
+            return {"name": case["name"], "file": None, "checkpoint": case["checkpoint"],
+                    "processor_only": case["processor_only"], "images": case["images"],
+                    "messages": messages_for(len(case["images"]), PROMPT_TEXT),
+                    "processor_kwargs": case["processor_kwargs"], "sample_seed": seed}
 
+        entries = run_cases(
+            build_cases(), lambda case, seed: run_case(case, models[case["checkpoint"]], processors[case["checkpoint"]],
+                                                       paths[case["checkpoint"]] / "tokenizer.json", torch, seed),
+            out_dir, args.only, 2000, entry)
+        manifest_path = out_dir / "manifest.json"
         manifest = {
             "description": "Reference outputs of tiny random SmolVLM (Idefics3) checkpoints; "
             "see scripts/make_golden_idefics3.py",
@@ -351,21 +275,7 @@ def main(argv=None):
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 
-    total = 0
-    print(f"{'case':28s} {'status':16s} {'tok':>5s} {'img':>5s} {'frm':>4s} {'pixels':>14s} "
-          f"{'gen':>36s} {'KB':>7s}")
-    for e in entries:
-        kb = (e.get("file_bytes") or 0) / 1024
-        total += e.get("file_bytes") or 0
-        print(
-            f"{e['name']:28s} {e['status']:16s} {e.get('num_tokens', ''):>5} {e.get('num_image_tokens', ''):>5} "
-            f"{e.get('n_frames', ''):>4} {e.get('pixels_stored', ''):>14s} "
-            f"{str(e.get('generated_ids', e.get('error_type', ''))):>36s} {kb:7.1f}"
-        )
-        if e["status"] != "ok":
-            print(f"    error: {e['error'][:300]}")
-    total += manifest_path.stat().st_size
-    print(f"total golden size: {total / 1024:.1f} KB in {out_dir}")
+    print_summary(entries, manifest_path, "n_frames")
 
 
 if __name__ == "__main__":
