@@ -9,6 +9,11 @@ import pytest
 from mlx_vlm_port.models import cpu_math
 
 
+@pytest.fixture(autouse=True)
+def numpy_for_small_arrays(monkeypatch):
+    monkeypatch.setattr(cpu_math, "_MIN_SIZE", 1)  # the numpy path even for these test sizes
+
+
 def close(a, b, tol=1e-5):
     a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
     assert a.shape == b.shape
@@ -26,6 +31,20 @@ def test_gelu_matches_mlx(shape):
     x = mx.random.normal(shape, key=mx.random.key(0)) * 4
     want = nn.gelu_approx(x)
     close(cpu_math.gelu_tanh(x * 1), want)
+
+
+@pytest.mark.parametrize("shape", [(1, 3, 40), (2, 500, 700)])
+def test_silu_mul_matches_mlx(shape):
+    a, b = (mx.random.normal(shape, key=mx.random.key(i)) * 30 for i in range(2))  # exp(-a) overflows somewhere
+    want = nn.silu(a) * b
+    close(cpu_math.silu_mul(a * 1, b), want)
+
+
+def test_small_arrays_stay_lazy(monkeypatch):
+    monkeypatch.setattr(cpu_math, "_MIN_SIZE", 1 << 16)
+    monkeypatch.setattr(cpu_math, "_in_place", None)  # would raise if called
+    a = mx.random.normal((1, 1, 4608), key=mx.random.key(4))
+    close(cpu_math.silu_mul(a, a), nn.silu(a) * a)
 
 
 def test_in_place_leaves_inputs_alone():
