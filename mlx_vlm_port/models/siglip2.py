@@ -17,7 +17,7 @@ import numpy as np
 
 from ..config import known_fields
 from ..image import aa_bilinear_matrix
-from .streams import split_apply
+from . import cpu_math
 
 MAX_VIEWS_PER_BATCH = 4  # bounds the attention scores' memory (views × heads × n²)
 
@@ -53,8 +53,7 @@ class Attention(nn.Module):
         # (B, L, D) -> (B, heads, L, head_dim)
         q, k, v = (p(x).reshape(B, L, self.num_heads, -1).transpose(0, 2, 1, 3)
                    for p in (self.q_proj, self.k_proj, self.v_proj))
-        o = split_apply(lambda q, k, v: mx.fast.scaled_dot_product_attention(q, k, v, scale=self.scale),
-                        (q, k, v), axis=1)  # heads
+        o = cpu_math.attention(q, k, v, self.scale)
         return self.out_proj(o.transpose(0, 2, 1, 3).reshape(B, L, D))
 
 
@@ -65,7 +64,7 @@ class MLP(nn.Module):
         self.fc2 = nn.Linear(c.intermediate_size, c.hidden_size)
 
     def __call__(self, x: mx.array) -> mx.array:
-        h = split_apply(nn.gelu_approx, (self.fc1(x),), axis=-2)  # gelu_pytorch_tanh, by rows
+        h = cpu_math.gelu_tanh(self.fc1(x))  # gelu_pytorch_tanh
         return self.fc2(h)
 
 
