@@ -117,7 +117,12 @@ def ensure(cache: Path, name: str, log=print) -> Path:
     tic = time.perf_counter()
     if bits is None:
         log(f"building {path} (float32, random weights, seed {SEED}) ...")
-        how = build_f32(path, name)
+        # In a child process: on Linux a child's ru_maxrss starts at its parent's RSS at fork,
+        # so a parent that had held the random weights would inflate every later peak-memory figure.
+        code = (f"from bench.checkpoints import build_f32; from pathlib import Path; "
+                f"print(build_f32(Path({str(path)!r}), {name!r}))")
+        how = subprocess.run([sys.executable, "-c", code], cwd=ROOT, check=True, capture_output=True,
+                             text=True).stdout.strip().splitlines()[-1]
     else:
         src = ensure(cache, "smol-f32" if name.startswith("smol-") else "f32", log)
         log(f"building {path} ({bits}-bit, group {GROUP_SIZE}) ...")
