@@ -67,28 +67,36 @@ def test_pixels_exact(case):
         assert hashlib.sha256(u.tobytes()).hexdigest() == str(ref["pixel_u8_sha256"])
 
 
+def assert_logits_match(logits: np.ndarray, ref) -> None:
+    assert rel_err(logits[-1], ref["logits_last"]) < RTOL
+    assert rel_err(logits[ref["logits_positions"]], ref["logits_at_positions"]) < RTOL
+
+
+def assert_greedy_matches(model, inputs: dict, ref, eos_ids: set) -> None:
+    """Our greedy tokens equal the reference's, up to a step where the reference was at a near-tie."""
+    from mlx_vlm_port.generate import generate_tokens
+
+    x = {k: mx.array(v) for k, v in inputs.items()}
+    expected = ref["generated_ids"].tolist()
+    ours = [t for t, _ in generate_tokens(model, x, max_tokens=len(expected), temperature=0.0, top_p=1.0,
+                                          min_p=0.0, repetition_penalty=1.0, eos_ids=eos_ids)]
+    for i, (a, b) in enumerate(zip(ours, expected)):
+        if ref["generated_margins"][i] < 1e-3:
+            break  # the reference itself was at a near-tie here: later tokens may fairly differ
+        assert a == b, f"greedy token {i}: {a} != reference {b} (ours {ours}, reference {expected})"
+
+
 def test_logits(case):
     c, ref, model, _, _, inputs = case
     x = {k: mx.array(v) for k, v in inputs.items()}
     logits = model(x["input_ids"], pixel_values=x.get("pixel_values"),
                    pixel_attention_mask=x.get("pixel_attention_mask"), spatial_shapes=x.get("spatial_shapes"))
-    logits = np.asarray(logits[0].astype(mx.float32))
-    assert rel_err(logits[-1], ref["logits_last"]) < RTOL
-    assert rel_err(logits[ref["logits_positions"]], ref["logits_at_positions"]) < RTOL
+    assert_logits_match(np.asarray(logits[0].astype(mx.float32)), ref)
 
 
 def test_greedy(case):
-    from mlx_vlm_port.generate import generate_tokens
-
     c, ref, model, processor, _, inputs = case
-    x = {k: mx.array(v) for k, v in inputs.items()}
-    expected = ref["generated_ids"].tolist()
-    ours = [t for t, _ in generate_tokens(model, x, max_tokens=len(expected), temperature=0.0, top_p=1.0,
-                                          min_p=0.0, repetition_penalty=1.0, eos_ids=processor.eos_token_ids)]
-    for i, (a, b) in enumerate(zip(ours, expected)):
-        if ref["generated_margins"][i] < 1e-3:
-            break  # the reference itself was at a near-tie here: later tokens may fairly differ
-        assert a == b, f"greedy token {i}: {a} != reference {b} (ours {ours}, reference {expected})"
+    assert_greedy_matches(model, inputs, ref, processor.eos_token_ids)
 
 
 @pytest.mark.parametrize("name", STAGE_CASES)
