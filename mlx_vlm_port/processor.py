@@ -18,6 +18,13 @@ FAMILIES = {"lfm2_vl": processing_lfm2_vl, "idefics3": processing_idefics3}
 IMAGE_PROCESSOR_TYPES = {"Lfm2VlImageProcessor": "lfm2_vl", "Idefics3ImageProcessor": "idefics3"}
 
 
+def image_inputs(inputs: dict) -> dict:
+    """A processor output's image arrays (everything but input_ids), by the names the
+    family's `get_input_embeddings` takes: pixel_values, and for LFM2-VL also
+    pixel_attention_mask and spatial_shapes."""
+    return {k: v for k, v in inputs.items() if k != "input_ids"}
+
+
 class UnsupportedOption(ValueError):
     """An image option of the other family (e.g. max_image_tokens for a SmolVLM checkpoint)."""
 

@@ -10,6 +10,8 @@ import weakref
 import mlx.core as mx
 import numpy as np
 
+from .processor import image_inputs
+
 # (weak ref to the model, key of the prompt up to its last image token, cache
 # snapshots there); one entry: the app asks follow-ups about the latest image.
 _last: tuple | None = None
@@ -20,9 +22,9 @@ def _prefix(model, inputs: dict) -> tuple[int, bytes]:
     ids = np.asarray(inputs["input_ids"][0])
     end = int(np.flatnonzero(ids == model.config.image_token_id)[-1]) + 1
     h = hashlib.sha1(ids[:end].tobytes())
-    for name in sorted(inputs):  # the image arrays, whatever the family calls them
-        if name != "input_ids":
-            h.update(name.encode() + np.asarray(inputs[name]).tobytes())
+    images = image_inputs(inputs)
+    for name in sorted(images):
+        h.update(name.encode() + np.asarray(images[name]).tobytes())
     return end, h.digest()
 
 
@@ -46,8 +48,7 @@ def prepare(model, inputs: dict, cache: list, step: int) -> mx.array:
         for c, state in zip(cache, _last[2]):
             c.restore(state)
         return model.language_model.embed(ids[:, end:])
-    images = {k: v for k, v in inputs.items() if k != "input_ids"}  # the family's own image inputs
-    embeds = model.get_input_embeddings(ids, **images)
+    embeds = model.get_input_embeddings(ids, **image_inputs(inputs))
     if end >= ids.shape[1]:
         return embeds
     feed(model, embeds[:, :end], cache, step)

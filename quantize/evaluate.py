@@ -8,6 +8,8 @@ from dataclasses import dataclass, field
 import mlx.core as mx
 import numpy as np
 
+from mlx_vlm_port.processor import image_inputs
+
 # (width, height, prompt): several sizes, each one view (no tiling) so a model stays quick on a CPU.
 INPUTS = [
     (256, 256, "Describe this image."),
@@ -57,8 +59,7 @@ def run_model(model, inputs: list[dict], n_tokens: int) -> Run:
     run = Run()
     lm = model.language_model
     for x in inputs:
-        images = {k: v for k, v in x.items() if k != "input_ids"}  # the family's own image arrays
-        embeds = model.get_input_embeddings(x["input_ids"], **images)
+        embeds = model.get_input_embeddings(x["input_ids"], **image_inputs(x))
         cache = lm.make_cache()
         logits = lm(embeds, cache)[0]
         mx.eval(logits)

@@ -83,6 +83,7 @@ def reference(folder: Path, family: str) -> None:
 def compare(folder: Path) -> int:
     from mlx_vlm_port import load  # first: it loads the optimised BLAS before MLX
     from mlx_vlm_port.generate import generate_tokens
+    from mlx_vlm_port.processor import image_inputs
 
     import mlx.core as mx
 
@@ -95,8 +96,7 @@ def compare(folder: Path) -> int:
         ids_ok = np.array_equal(np.asarray(x["input_ids"][0]), ref[f"{name}/input_ids"])
         pix = float(np.abs(np.asarray(x["pixel_values"]) - ref[f"{name}/pixel_values"]).max())
         t = time.perf_counter()
-        images = {k: v for k, v in x.items() if k != "input_ids"}  # the family's own image arrays
-        logits = model(x["input_ids"], **images)[0]
+        logits = model(x["input_ids"], **image_inputs(x))[0]
         mx.eval(logits)
         seconds = time.perf_counter() - t
         scale = np.abs(ref[f"{name}/logits_last"]).max()
