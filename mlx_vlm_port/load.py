@@ -16,9 +16,10 @@ from mlx.utils import tree_flatten
 
 from .models import idefics3, lfm2_vl
 from .models.quantized import use_dense_prefill
-from .processor import Processor
+from .processor import Processor, model_type
 
-# model_type (config.json) → the module holding that family's ModelConfig and Model
+# model_type (config.json) → the module holding that family's ModelConfig and Model;
+# the same keys as processor.FAMILIES
 MODELS = {"lfm2_vl": lfm2_vl, "idefics3": idefics3}
 HUB_PATTERNS = ["*.json", "*.safetensors", "*.jinja", "*.txt", "*.model", "*.tiktoken"]
 
@@ -117,10 +118,10 @@ def load_model(path: Path, *, dtype: mx.Dtype | None = None, bits: int | None = 
         raise ModelLoadError(f"{path}: no config.json") from None
     except json.JSONDecodeError as e:
         raise ModelLoadError(f"{path / 'config.json'}: not valid JSON ({e})") from None
-    kind = str(config.get("model_type")).replace("-", "_")
-    if kind not in MODELS:
-        raise ModelLoadError(f"{path / 'config.json'}: model_type {config.get('model_type')!r} is not supported "
-                             f"(supported: {', '.join(MODELS)})")
+    try:
+        kind = model_type(path)  # the same family the processor picks
+    except ValueError as e:
+        raise ModelLoadError(f"{path / 'config.json'}: {e}") from None
     family = MODELS[kind]
     try:
         model = family.Model(family.ModelConfig.from_dict({**config, "model_type": kind}))
