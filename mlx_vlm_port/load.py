@@ -15,7 +15,7 @@ import mlx.nn as nn
 from mlx.utils import tree_flatten
 
 from .models import idefics3, lfm2_vl
-from .models.quantized import use_dense_prefill
+from .models.cpu_layers import use_cpu_layers
 from .processor import Processor, model_type
 
 # model_type (config.json) → the module holding that family's ModelConfig and Model;
@@ -143,7 +143,7 @@ def load_model(path: Path, *, dtype: mx.Dtype | None = None, bits: int | None = 
         from .quant import quantize_model
 
         quantize_model(model, bits=bits, group_size=group_size)
-    use_dense_prefill(model)
+    use_cpu_layers(model)
     mx.eval(model.parameters())
     model.eval()
     return model

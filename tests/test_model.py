@@ -191,16 +191,24 @@ def test_hub_id_offline_and_uncached_is_a_clear_error(monkeypatch, tmp_path):
         load("LiquidAI/LFM2.5-VL-450M")
 
 
-def test_quantized_prompt_rows_take_the_dense_path_with_the_same_result(tiny_path):
-    import mlx.nn as nn
+@pytest.mark.parametrize("bits", [None, 4])
+def test_cpu_layers_compute_what_mlx_layers_compute(tiny_path, bits):
+    """load() swaps in the two-core / dense-prompt layers; each path (one row,
+    a few rows, a prompt; the tied head) agrees with MLX's own layer."""
+    from mlx_vlm_port.models import cpu_layers
 
-    from mlx_vlm_port.models.quantized import DensePrefillQuantizedLinear
-
-    model, processor = load(tiny_path, bits=4, group_size=32)
-    layers = [m for _, m in model.named_modules() if isinstance(m, nn.QuantizedLinear)]
-    assert layers and all(type(m) is DensePrefillQuantizedLinear for m in layers)
-    x = mx.random.normal((1, 9, layers[0].weight.shape[1] * 32 // 4))
-    dense = layers[0](x)
-    kernel = nn.QuantizedLinear.__call__(layers[0], x)
-    np.testing.assert_allclose(np.asarray(dense), np.asarray(kernel), rtol=1e-4, atol=1e-4)
+    model, processor = load(tiny_path, bits=bits, group_size=32)
+    kinds = {type(m) for _, m in model.named_modules()}
+    assert not kinds & set(cpu_layers.SWAPS), "a layer kept MLX's class"
+    linear = model.language_model.model.layers[0].feed_forward.w1
+    embedding = model.language_model.model.embed_tokens
+    base = {v: k for k, v in cpu_layers.SWAPS.items()}
+    dim = model.config.text_config.hidden_size
+    for rows in (1, 2, 9):
+        x = mx.random.normal((1, rows, dim))
+        for layer, call in ((linear, "__call__"), (embedding, "as_linear")):
+            got = getattr(layer, call)(x)
+            want = getattr(base[type(layer)], call)(layer, x)
+            assert got.shape == want.shape == (1, rows, want.shape[-1])
+            np.testing.assert_allclose(np.asarray(got), np.asarray(want), rtol=1e-4, atol=1e-4)
     assert np.isfinite(last_logits(model, processor)).all()

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from mlx_vlm_port import load
-from mlx_vlm_port.models.quantized import use_dense_prefill
+from mlx_vlm_port.models.cpu_layers import use_cpu_layers
 from mlx_vlm_port.quant import RECIPES, plan_quantization, quantize_model
 from mlx_vlm_port.save import save_checkpoint
 from quantize.convert import convert
@@ -57,7 +57,7 @@ def test_round_trip_matches_in_memory_quantization(sources, tmp_path, which, bit
     on_the_fly, _ = load(src, bits=bits, group_size=group_size)
     in_memory, _ = load(src)
     section = quantize_model(in_memory, bits=bits, group_size=group_size)
-    use_dense_prefill(in_memory)  # load() does this for quantized layers
+    use_cpu_layers(in_memory)  # load() does this for quantized layers
     x = inputs(processor)
     ref = logits(in_memory, x)
     np.testing.assert_allclose(logits(got, x), ref, rtol=0, atol=1e-6)
@@ -123,7 +123,7 @@ def test_mixed_recipe_spends_more_bits_on_sensitive_layers(wide_path, tmp_path, 
     assert 5.0 < stats.quantized_bits_per_weight < 7.0
     assert f"average {stats.quantized_bits_per_weight:.3f} bits per quantized weight" in capsys.readouterr().out
     quantize_model(model, bits=None, recipe="mixed_4_6")
-    use_dense_prefill(model)
+    use_cpu_layers(model)
     got, _ = load(tmp_path / "q")
     x = inputs(processor)
     np.testing.assert_allclose(logits(got, x), logits(model, x), rtol=0, atol=1e-6)
@@ -163,7 +163,7 @@ def test_sharded_output_with_index(wide_path, tmp_path):
     index = json.loads((tmp_path / "s" / "model.safetensors.index.json").read_text())
     assert set(index["weight_map"].values()) == {f.name for f in files}
     got, _ = load(tmp_path / "s")
-    use_dense_prefill(model)
+    use_cpu_layers(model)
     x = inputs(processor)
     np.testing.assert_allclose(logits(got, x), logits(model, x), rtol=0, atol=1e-6)
 
