@@ -2,7 +2,10 @@
 
 - One row (each decoding step): MKL runs a one-row float32 product on a single
   thread (~20 GB/s of weights here), and so does MLX's CPU quantized kernel. The
-  layer splits its output rows over two CPU streams, one per core (~28 GB/s).
+  layer splits its output rows over two CPU streams, one per core (~25-28 GB/s).
+  The two streams' handover costs ~60 µs, more than it saves below ~2M float
+  weights (1024×1024: no gain; 3072×1024: 645 -> 500 µs); the slower quantized
+  kernel always gains.
 - Several rows through a quantized layer (a prompt): MLX's CPU quantized_matmul
   does not use BLAS (a 4608×1024 layer took 1.2 s for 269 rows); dequantizing the
   weight and using the dense matmul took 27 ms.
@@ -18,6 +21,7 @@ import mlx.nn as nn
 from .streams import split_apply
 
 DENSE_FROM_ROWS = 4  # below this many rows the quantized kernel is cheaper than dequantizing
+SPLIT_FROM = 1 << 21  # float weights this large or larger are split over two streams for one row
 
 
 def _rows(x: mx.array) -> int:
@@ -51,14 +55,14 @@ def _with_bias(layer, y: mx.array) -> mx.array:
 
 class Linear(nn.Linear):
     def __call__(self, x: mx.array) -> mx.array:
-        if _one_row_on_cpu(x):
+        if _one_row_on_cpu(x) and self["weight"].size >= SPLIT_FROM:
             return _with_bias(self, _matvec(x, self["weight"]))
         return super().__call__(x)
 
 
 class Embedding(nn.Embedding):
     def as_linear(self, x: mx.array) -> mx.array:
-        if _one_row_on_cpu(x):
+        if _one_row_on_cpu(x) and self["weight"].size >= SPLIT_FROM:
             return _matvec(x, self["weight"])
         return super().as_linear(x)
 
