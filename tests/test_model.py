@@ -192,11 +192,12 @@ def test_hub_id_offline_and_uncached_is_a_clear_error(monkeypatch, tmp_path):
 
 
 @pytest.mark.parametrize("bits", [None, 4])
-def test_cpu_layers_compute_what_mlx_layers_compute(tiny_path, bits):
+def test_cpu_layers_compute_what_mlx_layers_compute(tiny_path, bits, monkeypatch):
     """load() swaps in the two-core / dense-prompt layers; each path (one row,
     a few rows, a prompt; the tied head) agrees with MLX's own layer."""
     from mlx_vlm_port.models import cpu_layers
 
+    monkeypatch.setattr(cpu_layers, "SPLIT_FROM", 0)  # the tiny weights take the split path too
     model, processor = load(tiny_path, bits=bits, group_size=32)
     kinds = {type(m) for _, m in model.named_modules()}
     assert not kinds & set(cpu_layers.SWAPS), "a layer kept MLX's class"
