@@ -213,3 +213,18 @@ def test_cpu_layers_compute_what_mlx_layers_compute(tiny_path, bits, monkeypatch
             assert got.shape == want.shape == (1, rows, want.shape[-1])
             np.testing.assert_allclose(np.asarray(got), np.asarray(want), rtol=1e-4, atol=1e-4)
     assert np.isfinite(last_logits(model, processor)).all()
+
+
+def test_load_keeps_freed_buffers_for_reuse_on_the_cpu(tiny_path):
+    """MLX's CPU default (32 MB) sends the vision encoder's buffers back to the OS on
+    every request; load() raises the cache limit, and never lowers a larger one."""
+    from mlx_vlm_port.load import CPU_CACHE_BYTES
+
+    previous = mx.set_cache_limit(1 << 20)
+    try:
+        load(tiny_path)
+        assert mx.set_cache_limit(4 * CPU_CACHE_BYTES) == CPU_CACHE_BYTES
+        load(tiny_path)
+        assert mx.set_cache_limit(previous) == 4 * CPU_CACHE_BYTES
+    finally:
+        mx.set_cache_limit(previous)
