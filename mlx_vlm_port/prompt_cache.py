@@ -40,12 +40,13 @@ def _image_embeddings(model, ids: mx.array, inputs: dict) -> mx.array:
     """On the CPU the vision pass reuses its own freed buffers (load.keep_freed_buffers),
     but they fit nothing else: the cache is emptied before and after it rather than
     held through the rest of the request (peak RSS)."""
-    if mx.default_device() != mx.cpu:
-        return model.get_input_embeddings(ids, **image_inputs(inputs))
-    mx.clear_cache()
+    on_cpu = mx.default_device() == mx.cpu
+    if on_cpu:
+        mx.clear_cache()
     embeds = model.get_input_embeddings(ids, **image_inputs(inputs))
-    mx.eval(embeds)
-    mx.clear_cache()
+    if on_cpu:
+        mx.eval(embeds)
+        mx.clear_cache()
     return embeds
 
 
