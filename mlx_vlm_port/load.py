@@ -154,8 +154,9 @@ def load_model(path: Path, *, dtype: mx.Dtype | None = None, bits: int | None = 
 
 def keep_freed_buffers() -> None:
     """With MLX's 32 MB CPU cache, every larger freed buffer goes back to the OS and
-    is page-faulted in again: ~576 MB of faults per 512² vision pass here, which
-    take it from ~2.1 to ~2.5 s. Raise the limit; never lower a larger one."""
+    is page-faulted in again: 576-634 MB of faults per 512² vision pass here, 50-107
+    MB with this limit (2.5-2.6 s against 2.2-2.5 s a pass, single runs). Raise the
+    limit; never lower a larger one."""
     previous = mx.set_cache_limit(CPU_CACHE_BYTES)
     if previous > CPU_CACHE_BYTES:
         mx.set_cache_limit(previous)
