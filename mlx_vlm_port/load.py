@@ -131,7 +131,11 @@ def load_model(path: Path, *, dtype: mx.Dtype | None = None, bits: int | None = 
     files = weight_files(path)
     weights = model.sanitize(read_weights(files))
     qcfg = config.get("quantization") or config.get("quantization_config")
-    if qcfg and any(k.endswith(".scales") for k in weights):
+    quantized = any(k.endswith(".scales") for k in weights)
+    if bits is not None and quantized:
+        raise ValueError(f"{path} is already quantized ({(qcfg or {}).get('bits', '?')}-bit): load it without "
+                         "`bits`, or quantize its float checkpoint")
+    if qcfg and quantized:
         quantize_like_checkpoint(model, qcfg, weights)
     check_weights(model, weights, str(files[0]) if len(files) == 1 else f"{path} ({len(files)} shards)")
     if dtype is None:  # bf16 arithmetic is emulated and slow on CPUs: compute in float32 there

@@ -71,6 +71,12 @@ def test_round_trip_matches_in_memory_quantization(sources, tmp_path, which, bit
         assert "multi_modal_projector.linear_1" in quantized_layers(got)
 
 
+def test_load_refuses_to_quantize_a_quantized_checkpoint(tiny_path, tmp_path):
+    run_convert(tiny_path, tmp_path / "q", bits=4, group_size=64)
+    with pytest.raises(ValueError, match=r"already quantized \(4-bit\).*without `bits`"):
+        load(tmp_path / "q", bits=8)
+
+
 def test_plan_keeps_norms_convs_and_tables_in_float(wide_path):
     model, _ = load(wide_path)
     plan = plan_quantization(model, bits=4, group_size=128)
