@@ -25,6 +25,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from scripts.golden_common import load_reference, start_reference  # noqa: E402
 from tests.images import synthetic_image  # noqa: E402
 from tests.tiny_checkpoint import LFM25_VL_450M, make_tiny_checkpoint  # noqa: E402
 from tests.tiny_idefics3 import SMOLVLM_256M, make_tiny_idefics3_checkpoint  # noqa: E402
@@ -51,13 +52,12 @@ def checkpoint(folder: Path, family: str) -> Path:
 
 
 def reference(folder: Path, family: str) -> None:
-    import torch
+    torch, _ = start_reference()
     import transformers
 
     path = checkpoint(folder, family)
     processor = transformers.AutoProcessor.from_pretrained(path)
-    model_class = getattr(transformers, FAMILIES[family][1])
-    model = model_class.from_pretrained(path, dtype=torch.float32, attn_implementation="eager").eval()
+    model = load_reference(getattr(transformers, FAMILIES[family][1]), path, torch)
     out = {}
     for name, (w, h, seed) in CASES.items():
         prompt = processor.apply_chat_template(MESSAGES, add_generation_prompt=True)

@@ -7,6 +7,7 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import platform
 import traceback
 from pathlib import Path
 
@@ -15,6 +16,38 @@ import numpy as np
 FULL_PIXELS_LIMIT = 600_000  # bytes (compressed) above which only sha256 + sample are stored
 N_SAMPLE = 4096
 MAX_NEW_TOKENS = 8
+
+
+# how every reference model here runs; recorded in each manifest
+REFERENCE_SETTINGS = {"dtype": "float32", "device": "cpu", "attn_implementation": "eager", "torch_manual_seed": 0}
+
+
+def start_reference():
+    """Import torch and transformers, quiet and deterministic. Returns (torch, versions)."""
+    import PIL
+    import tokenizers
+    import torch
+    import torchvision
+    import transformers
+
+    transformers.logging.set_verbosity_error()
+    torch.manual_seed(REFERENCE_SETTINGS["torch_manual_seed"])
+    torch.use_deterministic_algorithms(True, warn_only=True)
+    torch.set_num_threads(max(1, min(8, torch.get_num_threads())))
+    versions = {"torch": torch.__version__, "torchvision": torchvision.__version__,
+                "transformers": transformers.__version__, "tokenizers": tokenizers.__version__,
+                "numpy": np.__version__, "pillow": PIL.__version__, "python": platform.python_version()}
+    return torch, versions
+
+
+def load_reference(model_class, path: Path, torch):
+    """The reference model in float32 with eager attention; stops if any weight did not load."""
+    model, load_info = model_class.from_pretrained(path, dtype=torch.float32, attn_implementation="eager",
+                                                   output_loading_info=True)
+    bad = {k: v for k, v in load_info.items() if v}
+    if bad:
+        raise SystemExit(f"{path}: the checkpoint did not load cleanly: {bad}")
+    return model.eval()
 
 
 def messages_for(n_images: int, text: str) -> list[dict]:

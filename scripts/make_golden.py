@@ -39,7 +39,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import shutil
 import sys
 import tempfile
@@ -50,8 +49,9 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from scripts.golden_common import (MAX_NEW_TOKENS, logits_and_greedy, messages_for, print_summary,  # noqa: E402
-                                   run_cases, store_pixels)
+from scripts.golden_common import (MAX_NEW_TOKENS, REFERENCE_SETTINGS, load_reference,  # noqa: E402
+                                   logits_and_greedy, messages_for, print_summary, run_cases,
+                                   start_reference, store_pixels)
 from tests.images import synthetic_image  # noqa: E402
 from tests.tiny_checkpoint import make_tiny_checkpoint  # noqa: E402
 
@@ -194,16 +194,8 @@ def main(argv=None):
     ap.add_argument("--only", nargs="*", help="case names to (re)generate")
     args = ap.parse_args(argv)
 
-    import PIL
-    import torch
-    import torchvision
-    import transformers
+    torch, versions = start_reference()
     from transformers import AutoProcessor, Lfm2VlForConditionalGeneration
-
-    transformers.logging.set_verbosity_error()
-    torch.manual_seed(0)
-    torch.use_deterministic_algorithms(True, warn_only=True)
-    torch.set_num_threads(max(1, min(8, torch.get_num_threads())))
 
     out_dir = Path(args.out)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -212,14 +204,7 @@ def main(argv=None):
     try:
         for name, ck in CHECKPOINTS.items():
             path = make_tiny_checkpoint(tmp / name, **ck)
-            model, load_info = Lfm2VlForConditionalGeneration.from_pretrained(
-                path, dtype=torch.float32, attn_implementation="eager", output_loading_info=True
-            )
-            bad = {k: v for k, v in load_info.items() if v}
-            if bad:
-                raise SystemExit(f"checkpoint {name} did not load cleanly: {bad}")
-            model.eval()
-            models[name] = model
+            models[name] = load_reference(Lfm2VlForConditionalGeneration, path, torch)
             processors[name] = AutoProcessor.from_pretrained(path)
 
         entries = run_cases(
@@ -234,19 +219,9 @@ def main(argv=None):
         manifest = {
             "description": "Reference outputs of tiny random LFM2-VL checkpoints; see scripts/make_golden.py",
             "regenerate": "/work/refvenv/bin/python scripts/make_golden.py",
-            "versions": {
-                "torch": torch.__version__,
-                "torchvision": torchvision.__version__,
-                "transformers": transformers.__version__,
-                "numpy": np.__version__,
-                "pillow": PIL.__version__,
-                "python": platform.python_version(),
-            },
+            "versions": versions,
             "reference_settings": {
-                "dtype": "float32",
-                "device": "cpu",
-                "attn_implementation": "eager",
-                "torch_manual_seed": 0,
+                **REFERENCE_SETTINGS,
                 "generate": {"max_new_tokens": MAX_NEW_TOKENS, "do_sample": False},
             },
             "checkpoints": {

@@ -44,7 +44,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import shutil
 import sys
 import tempfile
@@ -55,8 +54,9 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from scripts.golden_common import (MAX_NEW_TOKENS, logits_and_greedy, messages_for, print_summary,  # noqa: E402
-                                   run_cases, store_pixels)
+from scripts.golden_common import (MAX_NEW_TOKENS, REFERENCE_SETTINGS, load_reference,  # noqa: E402
+                                   logits_and_greedy, messages_for, print_summary, run_cases,
+                                   start_reference, store_pixels)
 from tests.images import synthetic_image  # noqa: E402
 from tests.tiny_idefics3 import IMAGE_TOKEN_ID, make_tiny_idefics3_checkpoint  # noqa: E402
 
@@ -190,17 +190,8 @@ def main(argv=None):
     ap.add_argument("--only", nargs="*", help="case names to (re)generate")
     args = ap.parse_args(argv)
 
-    import PIL
-    import tokenizers
-    import torch
-    import torchvision
-    import transformers
+    torch, versions = start_reference()
     from transformers import AutoProcessor, Idefics3ForConditionalGeneration
-
-    transformers.logging.set_verbosity_error()
-    torch.manual_seed(0)
-    torch.use_deterministic_algorithms(True, warn_only=True)
-    torch.set_num_threads(max(1, min(8, torch.get_num_threads())))
 
     out_dir = Path(args.out)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -215,13 +206,7 @@ def main(argv=None):
             if name not in MODEL_CHECKPOINTS:
                 models[name] = None
                 continue
-            model, load_info = Idefics3ForConditionalGeneration.from_pretrained(
-                path, dtype=torch.float32, attn_implementation="eager", output_loading_info=True
-            )
-            bad = {k: v for k, v in load_info.items() if v}
-            if bad:
-                raise SystemExit(f"checkpoint {name} did not load cleanly: {bad}")
-            model.eval()
+            model = load_reference(Idefics3ForConditionalGeneration, path, torch)
             # greedy for exactly MAX_NEW_TOKENS: never stop on EOS
             model.generation_config.eos_token_id = None
             models[name] = model
@@ -241,20 +226,9 @@ def main(argv=None):
             "description": "Reference outputs of tiny random SmolVLM (Idefics3) checkpoints; "
             "see scripts/make_golden_idefics3.py",
             "regenerate": "/work/refvenv/bin/python scripts/make_golden_idefics3.py",
-            "versions": {
-                "torch": torch.__version__,
-                "torchvision": torchvision.__version__,
-                "transformers": transformers.__version__,
-                "tokenizers": tokenizers.__version__,
-                "numpy": np.__version__,
-                "pillow": PIL.__version__,
-                "python": platform.python_version(),
-            },
+            "versions": versions,
             "reference_settings": {
-                "dtype": "float32",
-                "device": "cpu",
-                "attn_implementation": "eager",
-                "torch_manual_seed": 0,
+                **REFERENCE_SETTINGS,
                 "processor_call": "processor(images=[images] or None, text=prompt, return_tensors='pt', "
                 "do_convert_rgb=True, **processor_kwargs)",
                 "image_processor_class": type(processors["default"].image_processor).__name__,
