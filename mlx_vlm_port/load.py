@@ -22,7 +22,7 @@ from .processor import Processor, model_type
 # the same keys as processor.FAMILIES
 MODELS = {"lfm2_vl": lfm2_vl, "idefics3": idefics3}
 HUB_PATTERNS = ["*.json", "*.safetensors", "*.jinja", "*.txt", "*.model", "*.tiktoken"]
-CPU_CACHE_BYTES = 256 << 20  # freed buffers MLX keeps for reuse on the CPU (its default there: 32 MB)
+CPU_CACHE_BYTES = 64 << 20  # freed buffers MLX keeps for reuse on the CPU (its default there: 32 MB)
 
 
 class ModelLoadError(RuntimeError):
@@ -157,10 +157,11 @@ def load_model(path: Path, *, dtype: mx.Dtype | None = None, bits: int | None = 
 
 
 def keep_freed_buffers() -> None:
-    """With MLX's 32 MB CPU cache, every larger freed buffer goes back to the OS and
-    is page-faulted in again: 576-634 MB of faults per 512² vision pass here, 50-107
-    MB with this limit (2.5-2.6 s against 2.2-2.5 s a pass, single runs). Raise the
-    limit; never lower a larger one."""
+    """With MLX's 32 MB CPU cache, larger freed buffers go back to the OS and are
+    page-faulted in again: 591-634 MB of faults per float32 512² vision pass here,
+    63-106 MB with 64 MB (1.9-2.6 s against 1.6-2.1 s a pass). 256 MB also saved
+    the 4-bit path's faults but raised its peak RSS by 40-50 MB (single runs). Raise
+    the limit; never lower a larger one."""
     previous = mx.set_cache_limit(CPU_CACHE_BYTES)
     if previous > CPU_CACHE_BYTES:
         mx.set_cache_limit(previous)
