@@ -160,8 +160,9 @@ def keep_freed_buffers() -> None:
     """With MLX's 32 MB CPU cache, larger freed buffers go back to the OS and are
     page-faulted in again: 591-634 MB of faults per float32 512² vision pass here,
     63-106 MB with 64 MB (1.9-2.6 s against 1.6-2.1 s a pass). 256 MB also saved
-    the 4-bit path's faults but raised its peak RSS by 40-50 MB (single runs). Raise
-    the limit; never lower a larger one."""
+    the 4-bit path's faults but raised its peak RSS by 40-50 MB (single runs). Raising
+    it for the vision pass only gave a higher float32 peak RSS (1972 against 1949 MB,
+    3 runs each). Raise it for the process; never lower a larger limit."""
     previous = mx.set_cache_limit(CPU_CACHE_BYTES)
     if previous > CPU_CACHE_BYTES:
         mx.set_cache_limit(previous)
