@@ -133,8 +133,10 @@ def load_model(path: Path, *, dtype: mx.Dtype | None = None, bits: int | None = 
     qcfg = config.get("quantization") or config.get("quantization_config")
     quantized = any(k.endswith(".scales") for k in weights)
     if bits is not None and quantized:
-        raise ValueError(f"{path} is already quantized ({(qcfg or {}).get('bits', '?')}-bit): load it without "
-                         "`bits`, or quantize its float checkpoint")
+        from .quant import describe_quantization
+
+        raise ValueError(f"{path} is already quantized ({describe_quantization(qcfg, quantized)}): load it "
+                         "without `bits`, or quantize its float checkpoint")
     if qcfg and quantized:
         quantize_like_checkpoint(model, qcfg, weights)
     check_weights(model, weights, str(files[0]) if len(files) == 1 else f"{path} ({len(files)} shards)")

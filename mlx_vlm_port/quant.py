@@ -19,6 +19,13 @@ from mlx.utils import tree_map_with_path
 RECIPES = {f"mixed_{lo}_{hi}": (lo, hi) for lo in (4, 5, 6) for hi in (5, 6, 8) if lo < hi}
 
 
+def describe_quantization(qcfg: dict | None, has_scales: bool) -> str:
+    """A checkpoint's quantization in words, for messages: its config section, else its weights."""
+    if qcfg:
+        return f"{qcfg.get('bits')}-bit, group {qcfg.get('group_size')}"
+    return "its weights have quantization scales" if has_scales else "float"
+
+
 @dataclass(frozen=True)
 class LayerChoice:
     path: str

@@ -10,7 +10,8 @@ from typing import TextIO
 import mlx.core as mx
 
 from mlx_vlm_port.load import ModelLoadError, load_model, resolve
-from mlx_vlm_port.quant import RECIPES, Plan, apply_plan, dequantize_model, plan_quantization
+from mlx_vlm_port.quant import (RECIPES, Plan, apply_plan, dequantize_model, describe_quantization,
+                                 plan_quantization)
 from mlx_vlm_port.save import save_checkpoint
 
 from .progress import Progress
@@ -22,12 +23,6 @@ STORED = {"F32": "float32", "BF16": "bfloat16", "F16": "float16", "F64": "float3
 
 class QuantizeError(Exception):
     """A problem with the user's request; the message is one line, shown without a traceback."""
-
-
-def describe_quantization(qcfg: dict | None, has_scales: bool) -> str:
-    if qcfg:
-        return f"{qcfg.get('bits')}-bit, group {qcfg.get('group_size')}"
-    return "its weights have quantization scales" if has_scales else "float"
 
 
 def check_destination(dst: Path, src: Path, force: bool) -> None:

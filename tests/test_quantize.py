@@ -73,7 +73,7 @@ def test_round_trip_matches_in_memory_quantization(sources, tmp_path, which, bit
 
 def test_load_refuses_to_quantize_a_quantized_checkpoint(tiny_path, tmp_path):
     run_convert(tiny_path, tmp_path / "q", bits=4, group_size=64)
-    with pytest.raises(ValueError, match=r"already quantized \(4-bit\).*without `bits`"):
+    with pytest.raises(ValueError, match=r"already quantized \(4-bit, group 64\).*without `bits`"):
         load(tmp_path / "q", bits=8)
 
 
