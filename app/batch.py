@@ -12,6 +12,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TextIO
 
+from captioning.errors import Exit
+
 IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".gif", ".webp", ".bmp", ".tif", ".tiff", ".heic", ".heif",
                     ".avif", ".jfif", ".ppm", ".pgm", ".pbm", ".tga", ".ico", ".jp2"}
 GLOB_CHARS = set("*?[")
@@ -25,7 +27,7 @@ class Source:
     path: str | None = None
     data: bytes | None = None
     error: str | None = None  # set when the input itself is already known to be bad
-    code: int = 0  # exit code for that error
+    code: int = Exit.OK  # exit code for that error
 
     @property
     def label(self) -> str:
@@ -63,7 +65,7 @@ def expand(args: list[str]) -> list[Source]:
                             if not e.name.startswith(".") and Path(e.name).suffix.lower() in IMAGE_EXTENSIONS
                             and e.is_file())
             if not images:
-                out.append(Source(arg, error=f"{arg}: no images in this folder", code=3))
+                out.append(Source(arg, error=f"{arg}: no images in this folder", code=Exit.IMAGE))
             for p in images:
                 add(Source(p, path=p))
         elif os.path.exists(arg) or not GLOB_CHARS & set(arg):
@@ -72,7 +74,7 @@ def expand(args: list[str]) -> list[Source]:
             matches = sorted(p for p in glob.glob(arg, recursive=True)
                              if os.path.isfile(p) and Path(p).suffix.lower() in IMAGE_EXTENSIONS)
             if not matches:
-                out.append(Source(arg, error=f"{arg}: no image files match", code=3))
+                out.append(Source(arg, error=f"{arg}: no image files match", code=Exit.IMAGE))
             for p in matches:
                 add(Source(p, path=p))
     return out

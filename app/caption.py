@@ -12,14 +12,15 @@ import argparse
 import os
 import sys
 
+from captioning.engine import Engine
+from captioning.errors import Exit, Failure
+from captioning.job import DEFAULT_MODEL, DEFAULT_PROMPT, DETAILS, DETECT_PROMPT, Job
+from mlx_vlm_port.options import ImageOptions, SamplingOptions, specs
+
 from . import capture
 from .batch import JsonlLog, Progress, Source, expand
-from .captioner import DEFAULT_MODEL, DEFAULT_PROMPT, DETAILS, DETECT_PROMPT
-from .engine import Failure, Job, LocalEngine, ServiceEngine
 from .output import Output, say
 
-EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_IMAGE, EXIT_MODEL, EXIT_CAPTURE = 0, 1, 2, 3, 4, 5
-EXIT_INTERRUPTED = 130
 DRAW_FORMATS = {".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff", ".gif"}
 
 EPILOG = f"""\
@@ -36,9 +37,14 @@ examples:
 model: --model, else $MLX_VLM_PORT_MODEL, else {DEFAULT_MODEL}
   (a hub id or a local folder). If the menubar app is running, its loaded model
   does the work (no load time) unless --no-service.
-exit codes: 0 ok, 2 usage, 3 bad or missing image, 4 model cannot be loaded,
-  5 capture failed or not permitted, 130 interrupted.
+exit codes: 0 ok, 1 other failure (unwritable --jsonl or --draw, broken pipe, a bug),
+  2 usage, 3 bad or missing image, 4 model cannot be loaded, 5 capture failed or not
+  permitted, 130 interrupted.
 """
+# The options a user sets from the command line (the rest keep their defaults).
+SAMPLING_FLAGS = {"max_tokens": "N", "temperature": "T", "top_p": "P", "min_p": "P", "repetition_penalty": "R",
+                  "seed": "N"}
+IMAGE_FLAGS = {"max_image_tokens": "N", "longest_edge": "PX"}
 
 
 class UsageError(Exception):
@@ -50,16 +56,17 @@ class Parser(argparse.ArgumentParser):
         raise UsageError(message)
 
 
-def _number(kind, low: float | None = None, high: float | None = None, strict: bool = False, what: str = ""):
+def _flag_type(spec):
     def parse(text: str):
         try:
-            value = kind(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}") from None
-        if (low is not None and (value <= low if strict else value < low)) or (high is not None and value > high):
-            raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}")
-        return value
+            return spec.parse(text)
+        except ValueError as e:
+            raise argparse.ArgumentTypeError(str(e)) from None
     return parse
+
+
+def _flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
 
 
 def build_parser() -> Parser:
@@ -76,20 +83,17 @@ def build_parser() -> Parser:
     gen.add_argument("-p", "--prompt", help=f"question to ask (default: {DEFAULT_PROMPT!r})")
     gen.add_argument("--system", help="system prompt")
     gen.add_argument("-m", "--model", help="hub id or checkpoint folder (default: see below)")
-    gen.add_argument("--max-tokens", type=_number(int, 0, strict=True, what="a positive whole number"),
-                     default=256, metavar="N", help="most tokens to generate (default: 256)")
-    gen.add_argument("--temperature", type=_number(float, 0, what="a number >= 0"), default=0.1, metavar="T",
-                     help="sampling temperature, 0 = greedy (default: 0.1)")
-    gen.add_argument("--min-p", type=_number(float, 0, 1, what="a number in [0, 1]"), default=0.15, metavar="P",
-                     help="min-p sampling cut-off (default: 0.15)")
-    gen.add_argument("--repetition-penalty", type=_number(float, 0, strict=True, what="a number > 0"),
-                     default=1.05, metavar="R", help="penalise repeated tokens (default: 1.05; 1 = off)")
+    defaults, sampling = SamplingOptions(), specs(SamplingOptions)
+    for name, metavar in SAMPLING_FLAGS.items():
+        default = getattr(defaults, name)
+        gen.add_argument(_flag(name), type=_flag_type(sampling[name]), default=default, metavar=metavar,
+                         help=sampling[name].help + ("" if default is None else f" (default: {default:g})"))
     gen.add_argument("--detail", choices=[d.lower() for d in DETAILS], type=str.lower,
                      help="how much of the image the model sees, for any model (default: the model's own)")
-    gen.add_argument("--max-image-tokens", type=_number(int, 0, strict=True, what="a positive whole number"),
-                     metavar="N", help="LFM2-VL: cap the image's tokens (smaller = faster)")
-    gen.add_argument("--longest-edge", type=_number(int, 0, strict=True, what="a positive whole number"),
-                     metavar="PX", help="SmolVLM: resize the longest edge to PX before tiling (smaller = faster)")
+    image = specs(ImageOptions)
+    for name, metavar in IMAGE_FLAGS.items():
+        gen.add_argument(_flag(name), type=_flag_type(image[name]), metavar=metavar,
+                         help=image[name].help + " (smaller = faster)")
     gen.add_argument("--no-split", action="store_true", help="one view of the image, no tiles (fastest)")
     det = p.add_argument_group("grounding")
     det.add_argument("--detect", metavar="QUERY", help="find QUERY and print its boxes (label x1 y1 x2 y2)")
@@ -119,7 +123,7 @@ def read_stdin() -> list[Source]:
         raise UsageError("'-' reads an image from stdin, but stdin is a terminal (pipe an image in)")
     data = sys.stdin.buffer.read()
     if not data:
-        return [Source("-", error="stdin is empty (no image data)", code=EXIT_IMAGE)]
+        return [Source("-", error="stdin is empty (no image data)", code=Exit.IMAGE)]
     # Shortcuts may pass file paths as text rather than the file's bytes: take those files.
     if len(data) < 65536 and b"\0" not in data:
         try:
@@ -136,9 +140,9 @@ def grab(name: str, what: str, take) -> Source:
     try:
         return Source(name, data=take())
     except capture.NoImageOnClipboard as e:
-        return Source(name, error=str(e), code=EXIT_IMAGE)
+        return Source(name, error=str(e), code=Exit.IMAGE)
     except capture.CaptureError as e:
-        return Source(name, error=f"cannot {what}: {e}", code=EXIT_CAPTURE)
+        return Source(name, error=f"cannot {what}: {e}", code=Exit.CAPTURE)
 
 
 def gather(args: argparse.Namespace) -> list[Source]:
@@ -165,11 +169,10 @@ def gather(args: argparse.Namespace) -> list[Source]:
 def make_job(args: argparse.Namespace) -> Job:
     prompt = DETECT_PROMPT.format(query=args.detect.strip()) if args.detect is not None else (
         args.prompt or DEFAULT_PROMPT)
-    options = {"max_tokens": args.max_tokens, "temperature": args.temperature, "min_p": args.min_p,
-               "repetition_penalty": args.repetition_penalty, "max_image_tokens": args.max_image_tokens,
-               "longest_edge": args.longest_edge, "do_image_splitting": False if args.no_split else None,
-               "detail": args.detail.capitalize() if args.detail else None}
-    return Job(prompt, args.system, options)
+    sampling = SamplingOptions(**{name: getattr(args, name) for name in SAMPLING_FLAGS})
+    image = ImageOptions(**{name: getattr(args, name) for name in IMAGE_FLAGS},
+                         do_image_splitting=False if args.no_split else None)
+    return Job(prompt, args.system, sampling, image, args.detail.capitalize() if args.detail else None)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -180,32 +183,28 @@ def run(args: argparse.Namespace) -> int:
     try:
         log = JsonlLog(args.jsonl) if args.jsonl else None
     except OSError as e:
-        raise Failure(EXIT_FAILED, f"--jsonl {args.jsonl}: cannot open ({e.strerror or e})") from None
+        raise Failure(Exit.FAILED, f"--jsonl {args.jsonl}: cannot open ({e.strerror or e})") from None
     if log:
         done = [s for s in sources if s in log]
         if done:
             say(f"skipping {len(done)} of {len(sources)} images already in {args.jsonl}", error=False)
         sources = [s for s in sources if s not in log]
     job = make_job(args)
-    engine = None
+    engine = Engine(args.model, use_service=not args.no_service)
     progress = Progress(len(sources))
     out = Output(args, multi=len(sources) > 1, progress=progress)
-    worst = EXIT_OK
+    worst = Exit.OK
     try:
         for source in sources:
             progress.step(source.label)
             try:
                 if source.error:
                     raise Failure(source.code, source.error)
-                if engine is None:  # asked only once there is work, so a bad input costs no ping
-                    engine = (None if args.no_service else
-                              ServiceEngine.connect(args.model or os.environ.get("MLX_VLM_PORT_MODEL")))
-                    engine = engine or LocalEngine(args.model)
-                engine, record = out.caption(engine, source, job, lambda: LocalEngine(args.model))
+                record = out.caption(engine, source, job)
                 if log:
                     log.write({**record, "path": source.key})
             except Failure as e:
-                if e.code == EXIT_MODEL:
+                if e.code == Exit.MODEL:
                     raise  # no model, no point in going on
                 out.discard()
                 say(e.message)
@@ -220,8 +219,8 @@ def run(args: argparse.Namespace) -> int:
             capture.copy_text(out.copied_text().strip())
         except capture.CaptureError as e:
             say(f"--copy: {e}")
-            worst = max(worst, EXIT_CAPTURE)
-    return worst
+            worst = max(worst, Exit.CAPTURE)
+    return int(worst)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -235,7 +234,7 @@ def main(argv: list[str] | None = None) -> int:
         return run(build_parser().parse_args(argv))
     except UsageError as e:
         say(f"{e} (see --help)")
-        return EXIT_USAGE
+        return Exit.USAGE
     except Failure as e:
         if debug:
             import traceback
@@ -244,20 +243,20 @@ def main(argv: list[str] | None = None) -> int:
         say(e.message)
         return e.code
     except KeyboardInterrupt:
-        return EXIT_INTERRUPTED
+        return Exit.INTERRUPTED
     except BrokenPipeError:  # `| head` closed the pipe: stop quietly
         try:
             os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         except OSError:
             pass
-        return EXIT_FAILED
+        return Exit.FAILED
     except Exception as e:  # a bug: still one line unless --debug
         if debug:
             import traceback
 
             traceback.print_exc()
         say(f"{type(e).__name__}: {e}" + ("" if debug else " (run with --debug for the traceback)"))
-        return EXIT_FAILED
+        return Exit.FAILED
 
 
 if __name__ == "__main__":

@@ -5,11 +5,13 @@ from __future__ import annotations
 
 import json
 import sys
-from typing import Callable, TextIO
+from typing import TextIO
+
+from captioning.engine import Engine
+from captioning.errors import Exit, Failure
+from captioning.job import Job
 
 from .batch import Progress, Source
-from .client import ServiceUnavailable
-from .engine import Failure, Job
 
 
 def say(message: str, error: bool = True) -> None:
@@ -57,18 +59,14 @@ class Output:
     def copied_text(self) -> str:
         return "".join(self.printed)
 
-    def caption(self, engine, source: Source, job: Job, make_local: Callable) -> tuple[object, dict]:
-        """Caption one source and print it; returns the engine to use next (a local
-        one if the service vanished) and the image's JSON record."""
+    def caption(self, engine: Engine, source: Source, job: Job) -> dict:
+        """Caption one source and print it; returns the image's JSON record."""
         if self.multi and not self.args.json:
             self.header = ("\n" if self.printed else "") + f"==> {source.label} <==\n"
         self.started = False
         need_image = bool(self.args.draw)
-        try:
-            result = engine.run(source, job, self.piece, need_image=need_image)
-        except ServiceUnavailable:  # the service went away before answering: do it here
-            engine = make_local()
-            result = engine.run(source, job, self.piece, need_image=need_image)
+        result = engine.run(source.label, job, self.piece, path=source.path, data=source.data,
+                            need_image=need_image)
         text = result.text.strip()
         record = {"path": source.name, "caption": text, "model": result.model,
                   "prompt_tokens": result.prompt_tokens, "generation_tokens": result.generation_tokens,
@@ -87,10 +85,10 @@ class Output:
             self.write(text + "\n")
         self.started = False
         self.progress.show()
-        return engine, record
+        return record
 
     def boxes(self, source: Source, text: str, image) -> list[dict]:
-        from .grounding import draw_boxes, parse_boxes
+        from captioning.grounding import draw_boxes, parse_boxes
 
         boxes = parse_boxes(text)
         if not boxes:
@@ -99,5 +97,5 @@ class Output:
             try:
                 draw_boxes(image, boxes).save(self.args.draw)
             except (OSError, ValueError) as e:
-                raise Failure(1, f"--draw {self.args.draw}: cannot write the image ({e})") from None
+                raise Failure(Exit.FAILED, f"--draw {self.args.draw}: cannot write the image ({e})") from None
         return [b.to_dict() for b in boxes]

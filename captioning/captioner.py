@@ -1,45 +1,41 @@
-"""One loaded model and the caption jobs it runs; shared by the CLI and the menubar worker."""
+"""One loaded model answering Jobs. Every call must come from the thread that
+loaded it (MLX streams are per thread)."""
 
 from __future__ import annotations
 
-import os
-from typing import Iterator
+import time
+from typing import Callable, Iterator
 
-DEFAULT_MODEL = "LiquidAI/LFM2.5-VL-450M-MLX-8bit"
-DEFAULT_PROMPT = "Describe this image."
-DETECT_PROMPT = ("Detect all instances of: {query}. Response must be a JSON array: "
-                 '[{{"label": ..., "bbox": [x1, y1, x2, y2]}}, ...]. Coordinates are normalized to [0,1].')
-
-
-# Detail presets, per model family: how much of the image the encoder sees
-# (more views or tokens = more detail, more time). "Detailed" is each family's own default.
-DETAILS: dict[str, dict[str, dict]] = {
-    "Fast": {"lfm2_vl": {"max_image_tokens": 64, "do_image_splitting": False},
-             "idefics3": {"do_image_splitting": False}},  # one 512² view: 64 tokens
-    "Balanced": {"lfm2_vl": {"max_image_tokens": 256, "do_image_splitting": False},
-                 "idefics3": {"longest_edge": 1024}},  # at most 2×2 tiles + the global view
-    "Detailed": {"lfm2_vl": {"max_image_tokens": 256, "do_image_splitting": True},
-                 "idefics3": {}},  # up to 4×4 tiles + the global view
-}
-
-
-def default_model() -> str:
-    return os.environ.get("MLX_VLM_PORT_MODEL") or DEFAULT_MODEL
+from .errors import Exit, Failure, classify
+from .job import Job, Result, default_model
 
 
 class Captioner:
-    """Holds (model, processor); every call must come from the thread that loaded it."""
-
     def __init__(self, model: str | None = None):
         self.model_id = model or default_model()
         self.model = self.processor = None
 
     def load(self) -> "Captioner":
-        if self.model is None:
+        """Load the model once; Failure(MODEL) names the model and says why not."""
+        if self.model is not None:
+            return self
+        try:
             from mlx_vlm_port import load
 
             self.model, self.processor = load(self.model_id)
+        except Exception as e:  # ModelLoadError, and anything a broken checkpoint throws
+            from mlx_vlm_port.load import ModelLoadError
+
+            message = str(e) if isinstance(e, ModelLoadError) else f"{type(e).__name__}: {e}"
+            name = self.model_id
+            raise Failure(Exit.MODEL, f"cannot load the model{'' if name in message else ' ' + name}: "
+                                      f"{message}") from e
         return self
+
+    @property
+    def family(self) -> str:
+        """The loaded model's model_type ("lfm2_vl" or "idefics3")."""
+        return self.load().model.config.model_type
 
     def prompt(self, question: str, system: str | None = None, n_images: int = 1) -> str:
         messages = [{"role": "system", "content": system}] if system else []
@@ -47,30 +43,35 @@ class Captioner:
         messages.append({"role": "user", "content": content})
         return self.processor.apply_chat_template(messages, add_generation_prompt=True)
 
-    @property
-    def family(self) -> str:
-        """The loaded model's model_type ("lfm2_vl" or "idefics3")."""
-        return self.load().model.config.model_type
-
-    def stream(self, image, question: str = DEFAULT_PROMPT, *, system: str | None = None,
-               max_tokens: int = 256, temperature: float = 0.1, min_p: float = 0.15,
-               repetition_penalty: float = 1.05, detail: str | None = None, max_image_tokens: int | None = None,
-               longest_edge: int | None = None, do_image_splitting: bool | None = None) -> Iterator:
-        """Caption one image (a path, bytes or PIL image): yields generate.Response pieces.
-
-        `detail` names a preset of DETAILS, resolved for the loaded family; the image
-        options given explicitly win over it (and the processor refuses those that do
-        not apply to the family: max_image_tokens is LFM2-VL's, longest_edge SmolVLM's)."""
+    def stream(self, image, job: Job) -> Iterator:
+        """Answer `job` about `image` (a PIL image, or encoded bytes decoded here): yields
+        generate.Response pieces."""
         from mlx_vlm_port import stream_generate
-        from mlx_vlm_port.image import load_image
 
         self.load()
-        picture = load_image(image)
-        if detail is not None and detail not in DETAILS:
-            raise ValueError(f"detail must be one of {', '.join(DETAILS)}, got {detail!r}")
-        options = dict(DETAILS[detail][self.family]) if detail else {}
-        options.update({k: v for k, v in dict(max_image_tokens=max_image_tokens, longest_edge=longest_edge,
-                                              do_image_splitting=do_image_splitting).items() if v is not None})
-        yield from stream_generate(self.model, self.processor, self.prompt(question, system), [picture],
-                                   max_tokens=max_tokens, temperature=temperature, min_p=min_p,
-                                   repetition_penalty=repetition_penalty, **options)
+        s, options = job.sampling, job.image_options(self.family)
+        yield from stream_generate(
+            self.model, self.processor, self.prompt(job.prompt, job.system), [image],
+            max_tokens=s.max_tokens, temperature=s.temperature, top_p=s.top_p, min_p=s.min_p,
+            repetition_penalty=s.repetition_penalty, seed=s.seed, **options.given())
+
+    def run(self, image, job: Job, on_piece: Callable[[str], None],
+            cancelled: Callable[[], bool] | None = None) -> Result:
+        """Answer `job` whole, handing each streamed piece to `on_piece`; Failure on any error.
+        `cancelled()` is asked between tokens; True abandons the job (Failure(MODEL, "cancelled"))."""
+        tic, pieces, last = time.perf_counter(), [], None
+        responses = self.stream(image, job)
+        try:
+            for last in responses:
+                if cancelled is not None and cancelled():
+                    raise Failure(Exit.MODEL, "cancelled")
+                if last.text:
+                    pieces.append(last.text)
+                    on_piece(last.text)
+        except Exception as e:
+            raise classify(e) from e
+        finally:
+            responses.close()  # an abandoned generator releases its caches now, not at GC
+        return Result("".join(pieces), self.model_id, last.prompt_tokens if last else 0,
+                      last.generation_tokens if last else 0, time.perf_counter() - tic,
+                      last.finish_reason if last else None)

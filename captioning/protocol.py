@@ -1,17 +1,20 @@
 """The local caption service's wire format: JSON lines over a Unix socket.
 
-Request (one line):  {"op": "caption", "id": "...", "image_path" | "image_b64": ...,
-                      "prompt": str, "system": str | null, "max_tokens": int,
-                      "temperature": float, "min_p": float, "repetition_penalty": float,
+Request (one line):  {"op": "caption", "id": str | int, "image_path" | "image_b64": str,
+                      "prompt": str, "system": str | null,
                       "detail": "Fast" | "Balanced" | "Detailed" | null,
-                      "max_image_tokens": int | null (LFM2-VL), "longest_edge": int | null (SmolVLM),
-                      "do_image_splitting": bool | null}
+                      and any of mlx_vlm_port.options' fields (null = the default):
+                      SamplingOptions: max_tokens, temperature, top_p, min_p,
+                        repetition_penalty, seed;
+                      ImageOptions: max_image_tokens, min_image_tokens, min_tiles,
+                        max_tiles, use_thumbnail (LFM2-VL), longest_edge (SmolVLM),
+                        do_image_splitting}
                  or  {"op": "ping"}
 Replies (lines):     {"id", "type": "piece", "text"} ... then
                      {"id", "type": "done", "text", "model", "prompt_tokens",
-                      "generation_tokens", "seconds"}
-                 or  {"id", "type": "error", "code": <CLI exit code>, "message"}
-                 or  {"type": "pong", "model", "pid"}
+                      "generation_tokens", "seconds", "finish_reason"}
+                 or  {"id", "type": "error", "code": <exit code, captioning.errors.Exit>, "message"}
+                 or  {"type": "pong", "model", "pid", "state", "queued"}
 """
 
 from __future__ import annotations
@@ -21,6 +24,11 @@ import os
 import sys
 import tempfile
 from pathlib import Path
+
+from mlx_vlm_port.options import ImageOptions, SamplingOptions, specs
+
+from .errors import Exit, Failure
+from .job import DEFAULT_PROMPT, DETAILS, Job
 
 MAX_REQUEST_BYTES = 64 * 1024 * 1024  # a base64 screenshot fits with room to spare
 
@@ -48,3 +56,38 @@ def decode(line: bytes) -> dict:
     if not isinstance(message, dict):
         raise ValueError("a message must be a JSON object")
     return message
+
+
+def job_fields(job: Job) -> dict:
+    """A Job as request fields (the options left at their defaults are not sent)."""
+    fields = {"prompt": job.prompt, "system": job.system, "detail": job.detail}
+    defaults = SamplingOptions()
+    fields.update({k: v for k, v in job.sampling.given().items() if getattr(defaults, k) != v})
+    fields.update(job.image.given())
+    return fields
+
+
+def job_from_request(request: dict) -> Job:
+    """A caption request's Job, every field checked; Failure(USAGE) names the bad one."""
+    prompt = request.get("prompt")
+    if prompt is None:
+        prompt = DEFAULT_PROMPT
+    if not isinstance(prompt, str) or not prompt.strip():
+        raise Failure(Exit.USAGE, '"prompt" must be a non-empty string')
+    system = request.get("system")
+    if system is not None and not isinstance(system, str):
+        raise Failure(Exit.USAGE, '"system" must be a string (or null)')
+    detail = request.get("detail")
+    if detail is not None and detail not in DETAILS:
+        raise Failure(Exit.USAGE, f'"detail" must be one of {", ".join(DETAILS)} (or null)')
+    options = {}
+    for cls in (SamplingOptions, ImageOptions):
+        values = {}
+        for name, spec in specs(cls).items():
+            if request.get(name) is not None:
+                try:
+                    values[name] = spec.check(request[name])
+                except ValueError as e:
+                    raise Failure(Exit.USAGE, f'"{name}": {e}') from None
+        options[cls] = cls(**values)
+    return Job(prompt, system, options[SamplingOptions], options[ImageOptions], detail)

@@ -16,9 +16,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
-from app.captioner import DEFAULT_PROMPT, DETECT_PROMPT
+from captioning.job import DEFAULT_PROMPT, DETECT_PROMPT
 from menubar.history import History, menu_label
-from menubar.jobs import Job
+from menubar.jobs import Request
 from menubar.launchagent import LaunchAgent
 from menubar.settings import DETAILS, LANGUAGES, MODELS, Settings, in_language
 from menubar.sources import AppCapture, Capture
@@ -107,8 +107,7 @@ class App:
             return
         query = self.ui.prompt("Find Objects", "What should be found? (e.g. person, cup, car)")
         if query and query.strip():
-            self._submit("find", image, query.strip(),
-                         {"temperature": 0.0, "max_tokens": max(512, self.settings.max_tokens)})
+            self._submit("find", image, query.strip())
 
     def copy_last(self) -> None:
         if self.last_result is None:
@@ -180,7 +179,7 @@ class App:
             self._submit("caption", image, DEFAULT_PROMPT)
         self.render()
 
-    def _on_job(self, job: Job, message: dict) -> None:
+    def _on_job(self, job: Request, message: dict) -> None:
         kind = message["type"]
         if kind == "piece":
             return
@@ -243,15 +242,14 @@ class App:
             return True
         return False
 
-    def _submit(self, kind: str, image: bytes, question: str, options: dict | None = None) -> None:
+    def _submit(self, kind: str, image: bytes, question: str) -> None:
         if self._refuse_if_full():
             return
         if kind == "find":
             prompt = DETECT_PROMPT.format(query=question)  # labels stay as asked: no language suffix
         else:
             prompt = in_language(question, self.settings.language)
-        job = Job(image=image, prompt=prompt, options={**self.settings.caption_options(), **(options or {})},
-                  tag=(kind, question, image))
+        job = Request(image, self.settings.job(prompt, greedy=kind == "find"), tag=(kind, question, image))
         job.sink = functools.partial(self._post_job, job)
         if not self.worker.submit(job):
             self.ui.notify("Still working", "The caption queue is full; try again in a moment.")
@@ -260,7 +258,7 @@ class App:
         self.last_image = image
         self.render()
 
-    def _post_job(self, job: Job, message: dict) -> None:  # on the worker thread: events only
+    def _post_job(self, job: Request, message: dict) -> None:  # on the worker thread: events only
         self.events.put(("job", job, message))
 
     def _save_settings(self) -> None:

@@ -13,7 +13,7 @@ KEEP = 20  # older drawings are pruned, like the history
 
 def show_boxes(image: bytes, answer: str, folder: Path) -> tuple[str, Path | None]:
     """(a one-line summary, the saved PNG or None when the answer holds no box)."""
-    from app.grounding import draw_boxes, parse_boxes
+    from captioning.grounding import draw_boxes, parse_boxes
     from mlx_vlm_port.image import load_image
 
     boxes = parse_boxes(answer)

@@ -14,7 +14,7 @@ from menubar.worker import Worker
 
 def run(model: str | None = None) -> int:
     """Serve until SIGINT/SIGTERM (exit 0) or until the model cannot be loaded (exit 1)."""
-    from app.captioner import default_model
+    from captioning.job import default_model
 
     model = model or default_model()
     worker = Worker(model)

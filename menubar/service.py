@@ -15,8 +15,9 @@ import threading
 from pathlib import Path
 from typing import Callable
 
-from app.protocol import MAX_REQUEST_BYTES, decode, encode, socket_path
-from menubar.jobs import MODEL, USAGE, BadRequest, job_from_request
+from captioning.errors import Exit, Failure
+from captioning.protocol import MAX_REQUEST_BYTES, decode, encode, socket_path
+from menubar.jobs import request_from_message
 from menubar.sockets import LineReader, RequestTooLarge, hung_up, peer_uid, private_runtime_dir, probe
 from menubar.worker import Worker
 
@@ -125,12 +126,12 @@ class Service:
                     self._conns.add(conn)
             try:
                 if crowded:
-                    self._send(conn, {"type": "error", "code": MODEL, "message": "too many connections; try again"})
+                    self._send(conn, {"type": "error", "code": Exit.MODEL, "message": "too many connections; try again"})
                     return
                 uid = peer_uid(conn)
                 if uid is not None and uid != os.getuid():
                     self._log(f"refused a connection from uid {uid}")
-                    self._send(conn, {"type": "error", "code": USAGE, "message": "refused: another user"})
+                    self._send(conn, {"type": "error", "code": Exit.USAGE, "message": "refused: another user"})
                     return
                 self._serve(conn)
             except OSError:
@@ -146,7 +147,7 @@ class Service:
                 line = reader.readline()
             except RequestTooLarge:
                 self._log(f"refused a request over {self.max_request} bytes")
-                self._send(conn, {"type": "error", "code": USAGE,
+                self._send(conn, {"type": "error", "code": Exit.USAGE,
                                   "message": f"request larger than {self.max_request} bytes"})
                 reader.discard_line()  # let the client finish sending, then hang up
                 return
@@ -157,7 +158,7 @@ class Service:
             try:
                 request = decode(line)
             except ValueError as e:
-                self._send(conn, {"type": "error", "code": USAGE, "message": f"malformed request: {e}"})
+                self._send(conn, {"type": "error", "code": Exit.USAGE, "message": f"malformed request: {e}"})
                 continue
             op = request.get("op")
             if op == "ping":
@@ -167,20 +168,20 @@ class Service:
                 if not self._caption(conn, request):
                     return
             else:
-                self._send(conn, {"id": request.get("id"), "type": "error", "code": USAGE,
+                self._send(conn, {"id": request.get("id"), "type": "error", "code": Exit.USAGE,
                                   "message": f"unknown op {op!r} (use 'caption' or 'ping')"})
 
     def _caption(self, conn: socket.socket, request: dict) -> bool:
         """Run one caption request; False when the connection is no longer usable."""
         try:
-            job = job_from_request(request)
-        except BadRequest as e:
-            self._send(conn, {"id": request.get("id"), "type": "error", "code": e.code, "message": str(e)})
+            job = request_from_message(request)
+        except Failure as e:
+            self._send(conn, {"id": request.get("id"), "type": "error", "code": e.code, "message": e.message})
             return True
         replies: queue.Queue = queue.Queue()  # unbounded: pieces are bounded by max_tokens
         job.sink = replies.put
         if not self.worker.submit(job):
-            self._send(conn, {"id": job.id, "type": "error", "code": MODEL,
+            self._send(conn, {"id": job.id, "type": "error", "code": Exit.MODEL,
                               "message": f"busy: {self.worker.queued} jobs are waiting; try again"})
             return True
         while True:

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 
-from app.captioner import DETAILS, default_model
+from captioning.job import DETAILS, Job, default_model
+from mlx_vlm_port.options import SamplingOptions
 from menubar.storage import data_dir, read_json, write_private_json
 
 # The languages LFM2-VL was trained to answer in.
@@ -24,7 +25,7 @@ class Settings:
     detail: str = "Balanced"
     language: str = "English"
     copy_results: bool = True  # put each result on the clipboard as well as in a notification
-    max_tokens: int = 256
+    max_tokens: int = SamplingOptions().max_tokens
     path: Path | None = field(default=None, repr=False, compare=False)
 
     @classmethod
@@ -52,9 +53,13 @@ class Settings:
         values = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "path"}
         write_private_json(self.path or settings_path(), values)
 
-    def caption_options(self) -> dict:
-        """The Captioner.stream options these settings imply."""
-        return {"max_tokens": self.max_tokens, "detail": self.detail}
+    def job(self, prompt: str, *, greedy: bool = False) -> Job:
+        """A Job asking `prompt` with these settings; `greedy` for structured answers (Find
+        Objects), which also get room for a list of boxes."""
+        sampling = SamplingOptions(max_tokens=self.max_tokens)
+        if greedy:
+            sampling = replace(sampling, temperature=0.0, max_tokens=max(512, self.max_tokens))
+        return Job(prompt, sampling=sampling, detail=self.detail)
 
     def as_dict(self) -> dict:
         d = asdict(self)

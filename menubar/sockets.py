@@ -11,7 +11,7 @@ import stat
 import struct
 from pathlib import Path
 
-from app.protocol import decode, encode
+from captioning.protocol import decode, encode
 
 
 class RequestTooLarge(Exception):

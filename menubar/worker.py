@@ -14,9 +14,13 @@ import threading
 import time
 from typing import Any, Callable
 
-from menubar.jobs import BAD_IMAGE, MODEL, USAGE, Job
+from captioning.errors import Exit, Failure
+from captioning.job import Job
+from mlx_vlm_port.options import SamplingOptions
+from menubar.jobs import Request
 
 _STOP = object()
+WARMUP = Job("Hi", sampling=SamplingOptions(max_tokens=1))
 Listener = Callable[[str, str], None]  # (state, detail), called on the worker thread
 
 
@@ -25,7 +29,7 @@ def _stderr(line: str) -> None:
 
 
 def _captioner(model: str):
-    from app.captioner import Captioner
+    from captioning.captioner import Captioner
 
     return Captioner(model)
 
@@ -51,7 +55,7 @@ class Worker:
         self._lock = threading.Lock()
         self._listeners: list[Listener] = []
         self._captioner = None
-        self._current: Job | None = None
+        self._current: Request | None = None
         self._stopping = threading.Event()
         self._thread = threading.Thread(target=self._run, name="caption-worker", daemon=True)
 
@@ -67,8 +71,8 @@ class Worker:
         """Queue a switch to `model` (jobs queued before it still run on the old one)."""
         self._queue.put(("load", model))
 
-    def submit(self, job: Job) -> bool:
-        """Queue a caption job; False (and nothing queued) when `max_queue` jobs already wait."""
+    def submit(self, job: Request) -> bool:
+        """Queue a caption request; False (and nothing queued) when `max_queue` already wait."""
         with self._lock:
             if self._pending >= self.max_queue or self._stopping.is_set():
                 return False
@@ -127,7 +131,7 @@ class Worker:
                 with self._lock:
                     self._pending -= 1
                 if self._stopping.is_set():
-                    self._emit(item, {"type": "error", "code": MODEL, "message": "the caption service stopped"})
+                    self._emit(item, {"type": "error", "code": Exit.MODEL, "message": "the caption service stopped"})
                 elif not item.cancelled.is_set():  # its client went away while it waited
                     self._caption(item)
             except Exception as e:  # the worker must outlive any one job
@@ -151,8 +155,8 @@ class Worker:
         try:
             new = self._factory(model)
             new.load()
-        except Exception as e:
-            self.load_error = str(e) if type(e).__name__ == "ModelLoadError" else f"{type(e).__name__}: {e}"
+        except Exception as e:  # Captioner.load words its Failure; anything else is a bug
+            self.load_error = e.message if isinstance(e, Failure) else f"{type(e).__name__}: {e}"
             self._log(f"cannot load {model}: {self.load_error}")
             self._set_state("error", self.load_error)
             if self._captioner is not None:  # keep answering with the model we had
@@ -164,66 +168,39 @@ class Worker:
         _clear_mlx_cache()
         if self._warmup:
             try:  # one token, so kernels are built and the first real caption is fast
-                for _ in new.stream(_warmup_image(), "Hi", max_tokens=1):
-                    pass
+                new.run(_warmup_image(), WARMUP, lambda piece: None)
             except Exception as e:
                 self._log(f"warm-up failed (ignored): {type(e).__name__}: {e}")
         self._log(f"model {model} ready in {time.perf_counter() - tic:.1f}s")
         self._set_state("ready", model)
 
-    def _caption(self, job: Job) -> None:
+    def _caption(self, request: Request) -> None:
         if self._captioner is None:
             why = self.load_error or "no model is loaded"
-            self._emit(job, {"type": "error", "code": MODEL, "message": f"model unavailable: {why}"})
+            self._emit(request, {"type": "error", "code": Exit.MODEL, "message": f"model unavailable: {why}"})
             return
-        self._current = job
-        self._set_state("busy", str(job.id))
-        tic, parts, last = time.perf_counter(), [], None
-        pieces = self._captioner.stream(job.image, job.prompt, **job.options)
+        self._current = request
+        self._set_state("busy", str(request.id))
         try:
-            for last in pieces:
-                if job.cancelled.is_set() or self._stopping.is_set():
-                    self._emit(job, {"type": "error", "code": MODEL, "message": "cancelled"})
-                    return
-                if last.text:
-                    parts.append(last.text)
-                    self._emit(job, {"type": "piece", "text": last.text})
-            self._emit(job, {
-                "type": "done", "text": "".join(parts), "model": self.model_id,
-                "prompt_tokens": last.prompt_tokens if last else 0,
-                "generation_tokens": last.generation_tokens if last else 0,
-                "prompt_seconds": round(last.prompt_seconds, 4) if last else 0.0,
-                "finish_reason": last.finish_reason if last else None,
-                "seconds": round(time.perf_counter() - tic, 4)})
-        except Exception as e:
-            code, message = _classify(e)
-            self._emit(job, {"type": "error", "code": code, "message": message})
+            result = self._captioner.run(
+                request.image, request.job, lambda text: self._emit(request, {"type": "piece", "text": text}),
+                cancelled=lambda: request.cancelled.is_set() or self._stopping.is_set())
+            self._emit(request, {
+                "type": "done", "text": result.text, "model": self.model_id, "prompt_tokens": result.prompt_tokens,
+                "generation_tokens": result.generation_tokens, "finish_reason": result.finish_reason,
+                "seconds": round(result.seconds, 4)})
+        except Failure as e:
+            self._emit(request, {"type": "error", "code": e.code, "message": e.message})
         finally:
-            close = getattr(pieces, "close", None)
-            if close:
-                close()  # an abandoned generator releases its caches now, not at GC
             self._current = None
             if self._pending == 0:
                 self._set_state("ready", self.model_id)
 
-    def _emit(self, job: Job, message: dict) -> None:
+    def _emit(self, request: Request, message: dict) -> None:
         try:
-            job.sink({"id": job.id, **message})
+            request.sink({"id": request.id, **message})
         except Exception as e:
-            self._log(f"job {job.id}: reply sink failed: {type(e).__name__}: {e}")
-
-
-def _classify(e: Exception) -> tuple[int, str]:
-    """An exception from a generation → (CLI exit code, message)."""
-    from mlx_vlm_port.image import ImageError
-
-    if isinstance(e, ImageError):
-        return BAD_IMAGE, str(e)
-    if type(e).__name__ == "ModelLoadError":
-        return MODEL, str(e)
-    if isinstance(e, (ValueError, TypeError)):  # the processor rejecting the options
-        return USAGE, f"bad request: {e}"
-    return MODEL, f"generation failed ({type(e).__name__}: {e})"
+            self._log(f"job {request.id}: reply sink failed: {type(e).__name__}: {e}")
 
 
 def _clear_mlx_streams() -> None:

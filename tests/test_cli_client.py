@@ -1,4 +1,4 @@
-"""The CLI's service client against a tiny fake server that speaks app.protocol.
+"""The CLI's service client against a tiny fake server that speaks captioning.protocol.
 
 This is a protocol test: the real server (menubar/) has its own tests. The
 fake also gives `--detect`/`--draw` a canned model answer, which the tiny
@@ -20,8 +20,8 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from app import client, protocol
-from app.captioner import DEFAULT_PROMPT, DETECT_PROMPT
+from captioning import client, protocol
+from captioning.job import DEFAULT_PROMPT, DETECT_PROMPT
 
 ROOT = Path(__file__).resolve().parents[1]
 DETECT_ANSWER = "Here you go:\n```json\n[{'label': 'cat', 'bbox': [0.1, 0.2, 0.5, 0.6]},]\n```"

@@ -3,7 +3,7 @@
 import pytest
 from PIL import Image
 
-from app.grounding import Box, draw_boxes, parse_boxes, to_pixels
+from captioning.grounding import Box, draw_boxes, parse_boxes, to_pixels
 
 CAT = [("cat", (0.1, 0.2, 0.3, 0.4))]
 CAT_DOG = CAT + [("dog", (0.5, 0.5, 0.9, 0.9))]

@@ -5,7 +5,9 @@ import json
 
 import pytest
 
-from app.captioner import DETAILS, Captioner
+from captioning.captioner import Captioner
+from captioning.job import DETAILS, Job
+from mlx_vlm_port.options import SamplingOptions
 from mlx_vlm_port import generate, load
 from mlx_vlm_port.load import ModelLoadError
 from mlx_vlm_port.processor import UnsupportedOption
@@ -49,13 +51,14 @@ def test_image_options_of_the_other_family_are_refused(tiny_path, smol_path):
 def test_detail_presets_resolve_for_the_loaded_family(tiny_path, smol_path, picture, detail):
     for path in (tiny_path, smol_path):
         captioner = Captioner(str(path))
-        last = list(captioner.stream(picture, max_tokens=1, temperature=0, detail=detail))[-1]
+        job = Job(sampling=SamplingOptions(max_tokens=1, temperature=0), detail=detail)
+        last = list(captioner.stream(picture, job))[-1]
         options = DETAILS[detail][captioner.family]
-        inputs = captioner.processor("<image>", [picture], return_numpy=True, **options)
+        inputs = captioner.processor("<image>", [picture], return_numpy=True, **options.given())
         assert last.prompt_tokens > inputs["input_ids"].shape[1]  # the template's text on top of the image
     smol = Captioner(str(smol_path))
-    fast, detailed = (list(smol.stream(picture, max_tokens=1, detail=d))[-1].prompt_tokens
-                      for d in ("Fast", "Detailed"))
+    fast, detailed = (list(smol.stream(picture, Job(sampling=SamplingOptions(max_tokens=1), detail=d)))[-1]
+                      .prompt_tokens for d in ("Fast", "Detailed"))
     assert fast < detailed  # one view against 4x4 tiles and the global view
 
 

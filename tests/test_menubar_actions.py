@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import stat
 
-from app.captioner import DETECT_PROMPT
+from captioning.job import DETECT_PROMPT
 from menubar.history import History
 from tests.test_menubar_core import png, pump, rig  # noqa: F401  (rig is a fixture)
 

@@ -11,7 +11,8 @@ from dataclasses import dataclass
 
 import pytest
 
-from app.captioner import DEFAULT_PROMPT
+from captioning.captioner import Captioner
+from captioning.job import DEFAULT_PROMPT
 from menubar.core import TITLES, App
 from menubar.history import History
 from menubar.launchagent import LaunchAgent
@@ -35,11 +36,13 @@ class FakeResponse:
     finish_reason: str | None = None
 
 
-class FakeModel:
-    """Stands in for Captioner; records which thread does what, can be held mid-generation."""
+class FakeModel(Captioner):
+    """The real Captioner with the model replaced: records which thread does what and
+    what each job asked, can be held mid-generation."""
 
     def __init__(self, model: str, lab: "Lab"):
-        self.model_id, self.lab = model, lab
+        super().__init__(model)
+        self.lab = lab
 
     def load(self):
         self.lab.threads.add(threading.get_ident())
@@ -48,15 +51,17 @@ class FakeModel:
         self.lab.loaded.append(self.model_id)
         return self
 
-    def stream(self, image, question=DEFAULT_PROMPT, **options):
+    def stream(self, image, job):
         lab = self.lab
         lab.threads.add(threading.get_ident())
         with lab.lock:
             lab.running += 1
             lab.max_running = max(lab.max_running, lab.running)
         try:
-            lab.calls.append({"image": image, "prompt": question, **options})
-            if options.get("max_tokens") != 1:  # the warm-up is never held
+            question = job.prompt
+            lab.calls.append({"image": image, "prompt": question, "system": job.system, "detail": job.detail,
+                              **job.sampling.given(), **job.image.given()})
+            if job.sampling.max_tokens != 1:  # the warm-up is never held
                 lab.gate.wait(10)
             if image == b"not an image":
                 from mlx_vlm_port.image import ImageError
@@ -207,7 +212,8 @@ def test_detail_language_and_copy_settings_apply_and_persist(rig, tmp_path):
     saved = json.loads((tmp_path / "data" / "settings.json").read_text())
     assert (saved["detail"], saved["language"], saved["copy_results"]) == ("Detailed", "French", False)
     again = Settings.load(tmp_path / "data" / "settings.json")
-    assert again.caption_options() == {"max_tokens": 256, "detail": "Detailed"}
+    job = again.job("Hi")
+    assert (job.prompt, job.detail, job.sampling.max_tokens, job.sampling.temperature) == ("Hi", "Detailed", 256, 0.1)
     assert ui.menus[-1].detail == "Detailed" and ui.menus[-1].language == "French"
 
 

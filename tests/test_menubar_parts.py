@@ -17,7 +17,9 @@ from pathlib import Path
 import pytest
 
 from menubar import BUNDLE_ID
-from menubar.jobs import BAD_IMAGE, USAGE, BadRequest, Job, job_from_request
+from captioning.captioner import Captioner
+from captioning.errors import Exit, Failure
+from menubar.jobs import Request, request_from_message
 from menubar.settings import MODELS
 from menubar.sockets import LineReader, RequestTooLarge, hung_up, peer_uid
 from menubar.worker import Worker
@@ -33,6 +35,9 @@ def png_b64(seed: int = 0) -> str:
     return base64.b64encode(buf.getvalue()).decode()
 
 
+USAGE, BAD_IMAGE = Exit.USAGE, Exit.IMAGE
+
+
 @pytest.mark.parametrize("request_, code, words", [
     ({}, USAGE, "exactly one"),
     ({"image_b64": "x", "image_path": "/a"}, USAGE, "exactly one"),
@@ -42,34 +47,44 @@ def png_b64(seed: int = 0) -> str:
     ({"image_b64": png_b64(), "max_tokens": 0}, USAGE, "max_tokens"),
     ({"image_b64": png_b64(), "max_tokens": True}, USAGE, "max_tokens"),
     ({"image_b64": png_b64(), "temperature": "hot"}, USAGE, "temperature"),
+    ({"image_b64": png_b64(), "top_p": 0}, USAGE, "top_p"),
     ({"image_b64": png_b64(), "do_image_splitting": 1}, USAGE, "do_image_splitting"),
+    ({"image_b64": png_b64(), "detail": "Sharp"}, USAGE, "detail"),
+    ({"image_b64": png_b64(), "system": 3}, USAGE, "system"),
     ({"image_b64": png_b64(), "prompt": ""}, USAGE, "prompt"),
     ({"image_b64": png_b64(), "id": [1]}, USAGE, "id"),
 ])
 def test_bad_requests_are_refused_with_the_cli_codes(request_, code, words):
-    with pytest.raises(BadRequest) as e:
-        job_from_request({"op": "caption", **request_})
-    assert e.value.code == code and words in str(e.value)
+    with pytest.raises(Failure) as e:
+        request_from_message({"op": "caption", **request_})
+    assert e.value.code == code and words in e.value.message
 
 
 def test_a_good_request_becomes_a_job():
-    job = job_from_request({"op": "caption", "id": "x1", "image_b64": png_b64(), "prompt": "What?", "system": None,
-                            "max_tokens": 5, "temperature": 0, "max_image_tokens": None, "do_image_splitting": False,
-                            "future_field": 1})
-    assert job.id == "x1" and job.prompt == "What?" and job.image.size == (40, 30)
-    assert job.options == {"system": None, "max_tokens": 5, "temperature": 0, "max_image_tokens": None,
-                           "do_image_splitting": False}
+    request = request_from_message({
+        "op": "caption", "id": "x1", "image_b64": png_b64(), "prompt": "What?", "system": None, "max_tokens": 5,
+        "temperature": 0, "max_image_tokens": None, "do_image_splitting": False, "detail": "Fast",
+        "future_field": 1})
+    assert request.id == "x1" and request.image.size == (40, 30)
+    job = request.job
+    assert job.prompt == "What?" and job.system is None and job.detail == "Fast"
+    assert job.sampling.given() == {"max_tokens": 5, "temperature": 0.0, "top_p": 1.0, "min_p": 0.15,
+                                    "repetition_penalty": 1.05}
+    assert job.image.given() == {"do_image_splitting": False}
 
 
 # --- the worker ------------------------------------------------------------------------------------
-class Slow:
+class Slow(Captioner):
+    """The real Captioner with a slow fake model behind it."""
+
     def __init__(self, model):
+        super().__init__(model)
         self.gate = threading.Event()
 
     def load(self):
         return self
 
-    def stream(self, image, prompt, **options):
+    def stream(self, image, job):
         for i in range(50):
             self.gate.wait(0.01)
             yield types.SimpleNamespace(text=str(i), prompt_tokens=1, generation_tokens=i + 1, prompt_seconds=0.0,
@@ -82,12 +97,12 @@ def test_worker_bounds_its_queue_cancels_and_survives_a_bad_sink():
         worker.load("m")
         assert worker.wait_idle(10) and worker.state == "ready"
         replies = []
-        first = Job(image=b"", sink=replies.append)
+        first = Request(b"", sink=replies.append)
         assert worker.submit(first)
         while not replies:  # first is running
             time.sleep(0.001)
-        boom = Job(image=b"", sink=lambda m: 1 / 0)
-        waits = [Job(image=b"", sink=replies.append) for _ in range(2)]
+        boom = Request(b"", sink=lambda m: 1 / 0)
+        waits = [Request(b"", sink=replies.append) for _ in range(2)]
         assert worker.submit(boom) and worker.submit(waits[0]) and worker.submit(waits[1]) is False  # 2 may wait
         first.cancelled.set()
         assert worker.wait_idle(5)
@@ -99,7 +114,7 @@ def test_worker_bounds_its_queue_cancels_and_survives_a_bad_sink():
     finally:
         worker.stop()
     assert not worker._thread.is_alive()
-    assert worker.submit(Job(image=b"")) is False  # stopped
+    assert worker.submit(Request(b"")) is False  # stopped
 
 
 # --- sockets ---------------------------------------------------------------------------------------

@@ -74,8 +74,8 @@ def test_settings_defaults_validation_and_round_trip(tmp_path):
                                 "max_tokens": True}))
     bad = Settings.load(path)
     assert (bad.detail, bad.language, bad.copy_results, bad.max_tokens) == ("Balanced", "English", True, 256)
-    assert DETAILS["Fast"]["lfm2_vl"] == {"max_image_tokens": 64, "do_image_splitting": False}
-    assert DETAILS["Detailed"]["lfm2_vl"] == {"max_image_tokens": 256, "do_image_splitting": True}
+    assert DETAILS["Fast"]["lfm2_vl"].given() == {"max_image_tokens": 64, "do_image_splitting": False}
+    assert DETAILS["Detailed"]["lfm2_vl"].given() == {"max_image_tokens": 256, "do_image_splitting": True}
     assert all(set(d) == {"lfm2_vl", "idefics3"} for d in DETAILS.values())  # every preset, for every family
     assert len(LANGUAGES) == 9 and len(MODELS) == 7
     assert sum(m.startswith("LiquidAI/LFM2.5-VL-450M-MLX-") for m in MODELS) == 5

@@ -23,7 +23,7 @@ from pathlib import Path
 
 import pytest
 
-from app.protocol import MAX_REQUEST_BYTES
+from captioning.protocol import MAX_REQUEST_BYTES
 from tests.images import synthetic_image
 
 ROOT = Path(__file__).resolve().parents[1]
