@@ -59,12 +59,9 @@ def decode(line: bytes) -> dict:
 
 
 def job_fields(job: Job) -> dict:
-    """A Job as request fields (the options left at their defaults are not sent)."""
-    fields = {"prompt": job.prompt, "system": job.system, "detail": job.detail}
-    defaults = SamplingOptions()
-    fields.update({k: v for k, v in job.sampling.given().items() if getattr(defaults, k) != v})
-    fields.update(job.image.given())
-    return fields
+    """A Job as request fields (job_from_request's inverse; unset options are left out)."""
+    return {"prompt": job.prompt, "system": job.system, "detail": job.detail,
+            **job.sampling.given(), **job.image.given()}
 
 
 def job_from_request(request: dict) -> Job:

@@ -8,6 +8,8 @@ random checkpoint could never produce.
 import base64
 import json
 import os
+import pty
+import select
 import shutil
 import socket
 import socketserver
@@ -15,13 +17,16 @@ import subprocess
 import sys
 import tempfile
 import threading
+import time
 from pathlib import Path
 
 import pytest
 from PIL import Image
 
 from captioning import client, protocol
-from captioning.job import DEFAULT_PROMPT, DETECT_PROMPT
+from captioning.errors import Failure
+from captioning.job import DEFAULT_PROMPT, DETECT_PROMPT, Job
+from mlx_vlm_port.options import ImageOptions, SamplingOptions
 
 ROOT = Path(__file__).resolve().parents[1]
 DETECT_ANSWER = "Here you go:\n```json\n[{'label': 'cat', 'bbox': [0.1, 0.2, 0.5, 0.6]},]\n```"
@@ -30,12 +35,17 @@ DETECT_ANSWER = "Here you go:\n```json\n[{'label': 'cat', 'bbox': [0.1, 0.2, 0.5
 class FakeService:
     """A caption service on a Unix socket in `folder`; `mode` picks its behaviour:
     "ok" streams `pieces` then done, "error" replies with `error`, "drop" closes
-    after the first piece, "close" closes without a word."""
+    after the first piece, "close" closes without a word. Like the real service it
+    checks each caption request with the protocol's own rules (refusing a bad one
+    with a usage error) and answers a ping with every field the real pong has."""
 
     def __init__(self, folder: Path, model: str = "fake/model", pieces=("A grey ", "square."),
-                 mode: str = "ok", error: tuple = (3, "image data is not a readable image")):
+                 mode: str = "ok", error: tuple = (3, "image data is not a readable image"),
+                 gate: threading.Event | None = None):
         self.model, self.pieces, self.mode, self.error = model, list(pieces), mode, error
+        self.gate = gate  # when given, the pieces after the first wait for it (at most 30 s)
         self.requests: list[dict] = []
+        self.jobs: list = []  # the caption requests as the service reads them
         self.path = folder / "caption.sock"
         service = self
 
@@ -45,15 +55,25 @@ class FakeService:
                 service.requests.append(request)
                 send = lambda m: self.wfile.write(protocol.encode(m))  # noqa: E731
                 if request["op"] == "ping":
-                    return send({"type": "pong", "model": service.model, "pid": os.getpid()})
+                    return send({"type": "pong", "model": service.model, "pid": os.getpid(), "state": "ready",
+                                 "queued": 0})
                 rid = request["id"]
+                try:
+                    service.jobs.append(protocol.job_from_request(request))
+                except Failure as e:
+                    return send({"id": rid, "type": "error", "code": e.code, "message": e.message})
+                if not (request.get("image_b64") or request.get("image_path")):
+                    return send({"id": rid, "type": "error", "code": 2, "message": "no image"})
                 if service.mode == "close":
                     return
                 if service.mode == "error":
                     code, message = service.error
                     return send({"id": rid, "type": "error", "code": code, "message": message})
-                for piece in service.pieces:
+                for i, piece in enumerate(service.pieces):
+                    if i and service.gate is not None:
+                        service.gate.wait(30)
                     send({"id": rid, "type": "piece", "text": piece})
+                    self.wfile.flush()
                     if service.mode == "drop":
                         return
                 send({"id": rid, "type": "done", "text": "".join(service.pieces), "model": service.model,
@@ -95,11 +115,19 @@ def grey_png(tmp_path_factory) -> Path:
     return path
 
 
-def cli(*args, stdin: bytes | None = None, importtime: bool = False) -> subprocess.CompletedProcess:
+def cli_env(**changes) -> dict:
+    # offline: a slow ping falls back to a local model, which must never be a download
+    env = {**{k: v for k, v in os.environ.items() if k != "MLX_VLM_PORT_MODEL"}, "HF_HUB_OFFLINE": "1"}
+    env.update(changes)
+    return {k: v for k, v in env.items() if v is not None}
+
+
+def cli(*args, stdin: bytes | None = None, importtime: bool = False, env: dict | None = None
+        ) -> subprocess.CompletedProcess:
     flags = ["-X", "importtime"] if importtime else []
-    env = {k: v for k, v in os.environ.items() if k != "MLX_VLM_PORT_MODEL"}
     return subprocess.run([sys.executable, *flags, "-m", "app.caption", *map(str, args)], cwd=ROOT,
-                          input=stdin if stdin is not None else b"", capture_output=True, timeout=120, env=env)
+                          input=stdin if stdin is not None else b"", capture_output=True, timeout=120,
+                          env=env or cli_env())
 
 
 def error_lines(done: subprocess.CompletedProcess) -> list[str]:
@@ -187,6 +215,55 @@ def test_cli_hands_the_job_to_the_service_without_loading_mlx(service, grey_png)
     assert request["do_image_splitting"] is False and request["system"] is None
 
 
+def test_every_generation_flag_reaches_the_service_as_given(service, grey_png):
+    done = cli(grey_png, "--system", "Be brief.", "-p", "What is it?", "--max-tokens", 9, "--temperature", 0.7,
+               "--top-p", 0.9, "--min-p", 0.05, "--repetition-penalty", 1.3, "--seed", 11, "--detail", "fast",
+               "--max-image-tokens", 48, "--longest-edge", 640, "--no-split")
+    assert done.returncode == 0, done.stderr
+    (job,) = service.jobs
+    assert job == Job("What is it?", "Be brief.",
+                      SamplingOptions(max_tokens=9, temperature=0.7, top_p=0.9, min_p=0.05, repetition_penalty=1.3,
+                                      seed=11),
+                      ImageOptions(max_image_tokens=48, longest_edge=640, do_image_splitting=False), "Fast")
+    done = cli(grey_png)  # and with no flags, every default
+    assert done.returncode == 0, done.stderr
+    assert service.jobs[-1] == Job()
+
+
+def test_pieces_reach_a_terminal_before_the_answer_ends(runtime, grey_png):
+    """The service holds back everything after its first piece until the test has seen
+    that piece on the CLI's terminal: only a CLI that streams can show it in time."""
+    gate = threading.Event()
+    fake = FakeService(runtime, gate=gate)
+    leader, follower = pty.openpty()
+    proc = subprocess.Popen([sys.executable, "-m", "app.caption", str(grey_png)], cwd=ROOT, stdout=follower,
+                            stderr=subprocess.PIPE, stdin=subprocess.DEVNULL, env=cli_env())
+    os.close(follower)
+    try:
+        shown, deadline = b"", time.monotonic() + 20
+        while b"A grey" not in shown and time.monotonic() < deadline:
+            if select.select([leader], [], [], 0.2)[0]:
+                shown += os.read(leader, 4096)
+        streamed = b"A grey" in shown
+        gate.set()
+        while True:
+            try:
+                chunk = os.read(leader, 4096)
+            except OSError:  # EIO: the child closed the terminal
+                break
+            if not chunk:
+                break
+            shown += chunk
+        assert proc.wait(timeout=60) == 0
+        assert streamed, "nothing was shown before the service sent the rest"
+        assert shown.replace(b"\r\n", b"\n") == b"A grey square.\n"
+    finally:
+        gate.set()
+        os.close(leader)
+        proc.kill()
+        fake.stop()
+
+
 def test_cli_json_through_service(service, grey_png):
     done = cli("-", "--json", stdin=grey_png.read_bytes())
     assert done.returncode == 0, done.stderr
@@ -255,3 +332,51 @@ def test_no_service_flag_never_connects(service, grey_png, tiny_path):
     done = cli(grey_png, "--model", tiny_path, "--max-tokens", 2, "--no-service")
     assert done.returncode == 0, done.stderr
     assert service.requests == []
+
+
+# --- what the README promises of the command line -----------------------------------------------
+
+def test_file_paths_given_as_text_on_stdin_are_captioned(service, grey_png, tmp_path):
+    other = tmp_path / "other.png"
+    Image.new("RGB", (30, 20), (9, 9, 9)).save(other)
+    done = cli("-", "--json", stdin=f"{grey_png}\n{other}\n".encode())
+    assert done.returncode == 0, done.stderr
+    assert [r["path"] for r in map(json.loads, done.stdout.decode().splitlines())] == [str(grey_png), str(other)]
+    assert [base64.b64decode(r["image_b64"]) for r in service.captions] == [grey_png.read_bytes(),
+                                                                             other.read_bytes()]
+
+
+def test_the_model_variable_picks_the_model_like_the_flag(service, grey_png):
+    done = cli(grey_png, env=cli_env(MLX_VLM_PORT_MODEL="fake/model"))  # the service's own model: it answers
+    assert done.returncode == 0 and done.stdout.decode() == "A grey square.\n"
+    done = cli(grey_png, env=cli_env(MLX_VLM_PORT_MODEL="someone/elses-model"))  # another: loaded here, offline
+    assert done.returncode == 4
+    assert error_lines(done)[-1].startswith("caption: error: cannot load the model: someone/elses-model: not in")
+    assert [r["op"] for r in service.requests] == ["ping", "caption", "ping"]
+
+
+def test_debug_adds_the_traceback_to_the_one_line(grey_png):
+    done = cli(grey_png, "--no-service", "--model", "/no/such/model")
+    assert done.returncode == 4 and len(error_lines(done)) == 1
+    debug = cli(grey_png, "--no-service", "--model", "/no/such/model", "--debug")
+    assert debug.returncode == 4
+    lines = error_lines(debug)
+    assert lines[0] == "Traceback (most recent call last):" and lines[-1] == error_lines(done)[0]
+
+
+def test_copy_without_a_clipboard_prints_the_caption_and_exits_5(service, grey_png):
+    done = cli(grey_png, "--copy", env=cli_env(DISPLAY=None, WAYLAND_DISPLAY=None))
+    assert done.returncode == 5
+    assert done.stdout.decode() == "A grey square.\n"
+    assert error_lines(done) == ["caption: error: --copy: no graphical session (neither DISPLAY nor "
+                                 "WAYLAND_DISPLAY is set)"]
+
+
+def test_a_closed_pipe_stops_quietly_with_exit_1(service, grey_png):
+    read, write = os.pipe()
+    proc = subprocess.Popen([sys.executable, "-m", "app.caption", str(grey_png)], cwd=ROOT, stdout=write,
+                            stderr=subprocess.PIPE, stdin=subprocess.DEVNULL, env=cli_env())
+    os.close(write)
+    os.close(read)  # like `| head -0`: gone before the caption is written
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 1 and err == b""

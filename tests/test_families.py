@@ -47,6 +47,15 @@ def test_image_options_of_the_other_family_are_refused(tiny_path, smol_path):
         lfm("<image>", [synthetic_image(64, 64, 1)], longest_edge=512)
 
 
+# Image tokens of the 640×480 `picture` under each preset. LFM2-VL: Fast caps one view at
+# 64 tokens (6×9 after the 32-pixel rounding), Balanced/Detailed at 256 (13×18; the image
+# is too small to tile). The tiny SmolVLM has 64-pixel views of 16 tokens: Fast is one
+# view; Balanced's 1024-pixel edge gives 12×16 tiles + the global view (sized for the real
+# 512-pixel tiles); Detailed uses the checkpoint's own edge (3×4 tiles + the global view).
+PRESET_IMAGE_TOKENS = {"lfm2_vl": {"Fast": 54, "Balanced": 234, "Detailed": 234},
+                       "idefics3": {"Fast": 16, "Balanced": 3088, "Detailed": 208}}
+
+
 @pytest.mark.parametrize("detail", list(DETAILS))
 def test_detail_presets_resolve_for_the_loaded_family(tiny_path, smol_path, picture, detail):
     for path in (tiny_path, smol_path):
@@ -54,12 +63,11 @@ def test_detail_presets_resolve_for_the_loaded_family(tiny_path, smol_path, pict
         job = Job(sampling=SamplingOptions(max_tokens=1, temperature=0), detail=detail)
         last = list(captioner.stream(picture, job))[-1]
         options = DETAILS[detail][captioner.family]
-        inputs = captioner.processor("<image>", [picture], return_numpy=True, **options.given())
-        assert last.prompt_tokens > inputs["input_ids"].shape[1]  # the template's text on top of the image
-    smol = Captioner(str(smol_path))
-    fast, detailed = (list(smol.stream(picture, Job(sampling=SamplingOptions(max_tokens=1), detail=d)))[-1]
-                      .prompt_tokens for d in ("Fast", "Detailed"))
-    assert fast < detailed  # one view against 4x4 tiles and the global view
+        ids = captioner.processor(captioner.prompt(job.prompt), [picture], return_numpy=True,
+                                  **options.given())["input_ids"][0]
+        assert last.prompt_tokens == len(ids)  # the preset's options reached the processor
+        image_tokens = int((ids == captioner.processor.image_token_id).sum())
+        assert image_tokens == PRESET_IMAGE_TOKENS[captioner.family][detail]
 
 
 def test_unsupported_model_type_is_named(tmp_path, smol_path):
