@@ -44,7 +44,7 @@ exit codes: 0 ok, 1 other failure (unwritable --jsonl or --draw, broken pipe, a 
 # The options a user sets from the command line (the rest keep their defaults).
 SAMPLING_FLAGS = {"max_tokens": "N", "temperature": "T", "top_p": "P", "min_p": "P", "repetition_penalty": "R",
                   "seed": "N"}
-IMAGE_FLAGS = {"max_image_tokens": "N", "longest_edge": "PX"}
+IMAGE_FLAGS = ("max_image_tokens", "longest_edge")
 
 
 class UsageError(Exception):
@@ -91,9 +91,10 @@ def build_parser() -> Parser:
     gen.add_argument("--detail", choices=[d.lower() for d in DETAILS], type=str.lower,
                      help="how much of the image the model sees, for any model (default: the model's own)")
     image = specs(ImageOptions)
-    for name, metavar in IMAGE_FLAGS.items():
-        gen.add_argument(_flag(name), type=_flag_type(image[name]), metavar=metavar,
-                         help=image[name].help + " (smaller = faster)")
+    gen.add_argument("--max-image-tokens", type=_flag_type(image["max_image_tokens"]), metavar="N",
+                     help="LFM2-VL: at most N tokens for the image, as one view (smaller = faster)")
+    gen.add_argument("--longest-edge", type=_flag_type(image["longest_edge"]), metavar="PX",
+                     help=image["longest_edge"].help + " (smaller = faster)")
     gen.add_argument("--no-split", action="store_true", help="one view of the image, no tiles (fastest)")
     det = p.add_argument_group("grounding")
     det.add_argument("--detect", metavar="QUERY", help="find QUERY and print its boxes (label x1 y1 x2 y2)")
@@ -170,8 +171,11 @@ def make_job(args: argparse.Namespace) -> Job:
     prompt = DETECT_PROMPT.format(query=args.detect.strip()) if args.detect is not None else (
         args.prompt or DEFAULT_PROMPT)
     sampling = SamplingOptions(**{name: getattr(args, name) for name in SAMPLING_FLAGS})
+    # --max-image-tokens N means "at most N tokens for the image": one view. (The library's
+    # option is the reference's per-view budget, past which a large image is cut into tiles.)
+    one_view = args.no_split or args.max_image_tokens is not None
     image = ImageOptions(**{name: getattr(args, name) for name in IMAGE_FLAGS},
-                         do_image_splitting=False if args.no_split else None)
+                         do_image_splitting=False if one_view else None)
     return Job(prompt, args.system, sampling, image, args.detail.capitalize() if args.detail else None)
 
 

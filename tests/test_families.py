@@ -103,3 +103,23 @@ def test_smolvlm_folder_without_image_seq_len_takes_the_model_geometry(tmp_path,
     (folder / "processor_config.json").write_text(json.dumps({"processor_class": "Idefics3Processor"}))
     _, processor = load(folder)
     assert processor.image_processor.config.image_seq_len == 16  # (64 / 8)² / 2²
+
+
+def test_cli_max_image_tokens_caps_the_image_while_the_library_keeps_the_reference_rule(tiny_path, tmp_path):
+    """400×300 at 16 tokens: the reference processor's budget is per view, and an image
+    larger than it is cut into 512² tiles (256 tokens each) plus a thumbnail; the CLI's
+    --max-image-tokens means "at most N tokens", so it asks for one view."""
+    image = tmp_path / "small.png"
+    synthetic_image(400, 300, 5).save(image)
+    captioner = Captioner(str(tiny_path)).load()
+    prompt = captioner.prompt("Describe this image.")
+    count = lambda **options: int((captioner.processor(prompt, [image], return_numpy=True, **options)  # noqa: E731
+                                   ["input_ids"][0] == captioner.processor.image_token_id).sum())
+    assert count(max_image_tokens=16) > 1000  # the library: tiles
+    one_view = count(max_image_tokens=16, do_image_splitting=False)
+    assert one_view <= 16
+    done = cli(image, "--model", tiny_path, "--json", "--max-image-tokens", "16", *FAST)
+    assert done.returncode == 0, done.stderr
+    ids = captioner.processor(prompt, [image], return_numpy=True, max_image_tokens=16,
+                              do_image_splitting=False)["input_ids"]
+    assert records(done.stdout)[0]["prompt_tokens"] == ids.shape[1]

@@ -233,8 +233,6 @@ def test_twenty_concurrent_clients_each_get_their_own_answer(server):
 
 
 def test_cli_uses_the_running_service(server, tiny_path, tmp_path):
-    if not (ROOT / "app" / "client.py").exists() or not (ROOT / "app" / "caption.py").exists():
-        pytest.skip("the CLI is not there yet")
     image = tmp_path / "cli.png"
     image.write_bytes(png(7))
     done = subprocess.run([sys.executable, "-m", "app.caption", str(image), "--model", str(tiny_path), "--json",

@@ -7,6 +7,8 @@ from pathlib import Path
 
 from tests.test_service import Server, caption_request, request
 
+MAX_GROWTH_KB = 8 * 1024
+
 
 def status(pid: int) -> dict:
     fields = {}
@@ -40,9 +42,9 @@ def test_soak_300_jobs_memory_stays_flat(tiny_path):
             if job == 50:
                 rss_50, threads_50 = rss_kb(pid), int(status(pid)["Threads"])
         rss_300, threads_300 = rss_kb(pid), int(status(pid)["Threads"])
-        growth = (rss_300 - rss_50) / rss_50
         print(f"RSS {rss_50} -> {rss_300} kB, threads {threads_50} -> {threads_300}")
-        assert growth < 0.10, f"RSS {rss_50} kB at job 50 → {rss_300} kB at job 300 ({growth:+.1%})"
+        # Normal growth is about 1 MB; keeping every job's image and reply would add ~25 MB.
+        assert rss_300 - rss_50 < MAX_GROWTH_KB, f"RSS {rss_50} kB at job 50 → {rss_300} kB at job 300"
         assert threads_300 <= threads_50 + 2  # connection threads end with their connection
         assert srv.wait_log(": done,", 300) == 300
     finally:
