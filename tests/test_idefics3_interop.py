@@ -2,6 +2,7 @@
 float and quantized, with the same parameters and the same logits; and the
 quantizer's choices for a Llama language model."""
 
+import importlib
 import io
 import json
 from pathlib import Path
@@ -17,8 +18,9 @@ from tests.test_quantize_mlx_vlm import assert_same
 from tests.tiny_idefics3 import make_tiny_idefics3_checkpoint
 
 # The peer is in the dev extra, pinned to the versions these tests know: a broken import fails here.
-import mlx_vlm.convert as vlm_convert  # noqa: E402
-import mlx_vlm.utils as vlm_utils  # noqa: E402
+# (import_module: `mlx_vlm.convert` as an attribute is the package's function of that name.)
+vlm_utils = importlib.import_module("mlx_vlm.utils")
+vlm_convert = importlib.import_module("mlx_vlm.convert")
 
 MESSAGES = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "What is in the picture?"}]}]
 # Widths that are multiples of 64 everywhere. mlx-vlm 0.7.10's Llama reads only a top-level

@@ -2,6 +2,7 @@
 ours load in `mlx_vlm.utils.load_model`, mlx-vlm's converter output loads in
 ours, with the same parameters and the same logits."""
 
+import importlib
 import io
 import json
 import shutil
@@ -17,8 +18,9 @@ from quantize.convert import convert
 from tests.images import synthetic_image
 
 # The peer is in the dev extra, pinned to the versions these tests know: a broken import fails here.
-import mlx_vlm.convert as vlm_convert  # noqa: E402
-import mlx_vlm.utils as vlm_utils  # noqa: E402
+# (import_module: `mlx_vlm.convert` as an attribute is the package's function of that name.)
+vlm_utils = importlib.import_module("mlx_vlm.utils")
+vlm_convert = importlib.import_module("mlx_vlm.convert")
 
 MESSAGES = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "What is in the picture?"}]}]
 
