@@ -168,7 +168,8 @@ class Worker:
         _clear_mlx_cache()
         if self._warmup:
             try:  # one token, so kernels are built and the first real caption is fast
-                new.run(_warmup_image(), WARMUP, lambda piece: None)
+                warm = new.run(_warmup_image(), WARMUP, lambda piece: None)
+                self._log(f"warm-up: {warm.generation_tokens} token in {warm.seconds:.2f}s")
             except Exception as e:
                 self._log(f"warm-up failed (ignored): {type(e).__name__}: {e}")
         self._log(f"model {model} ready in {time.perf_counter() - tic:.1f}s")

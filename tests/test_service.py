@@ -137,6 +137,12 @@ def test_ping_socket_and_folder_permissions(server, tiny_path):
     assert stat.S_IMODE(os.stat(server.run_dir).st_mode) == 0o700
 
 
+def test_the_model_is_warmed_up_before_it_is_ready(server):
+    log = server.log()
+    assert "warm-up: 1 token in" in log and "warm-up failed" not in log
+    assert log.index("warm-up: 1 token") < log.index(" ready in ")
+
+
 def test_caption_streams_pieces_then_done(server, tiny_path):
     replies = request(server.sock_path, caption_request(1))
     *pieces, done = replies
