@@ -144,17 +144,6 @@ def test_python_m_menubar_off_macos_says_so_in_one_line():
     assert "Traceback" not in done.stderr
 
 
-def test_py2app_recipe():
-    import setup_app
-
-    opts = setup_app.options()
-    assert opts["argv_emulation"] is False and opts["plist"]["LSUIElement"] is True
-    assert opts["plist"]["CFBundleIdentifier"] == BUNDLE_ID and "mlx" in opts["packages"]
-    assert all(p.endswith("mlx.metallib") for p in opts["resources"])
-    assert setup_app.ENTRY == "menubar/__main__.py" and (ROOT / setup_app.ENTRY).exists()
-    assert "from ." not in (ROOT / setup_app.ENTRY).read_text()  # py2app runs it as a script
-
-
 class FakeMenuItem:
     def __init__(self, title, callback=None):
         self.title, self.callback, self.state, self._items = str(title), callback, 0, {}
