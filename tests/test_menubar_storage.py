@@ -84,47 +84,6 @@ def test_settings_defaults_validation_and_round_trip(tmp_path):
     assert in_language("Describe this image.", "Korean") == "Describe this image. Answer in Korean."
 
 
-# --- notifications ---------------------------------------------------------------------------
-class RaisingRumps:
-    calls = 0
-
-    @classmethod
-    def notification(cls, title, subtitle, message):
-        cls.calls += 1
-        raise RuntimeError('Failed to setup the notification center. This issue occurs when the "Info.plist" '
-                           'file cannot be found or is missing "CFBundleIdentifier".')
-
-
-def test_notification_falls_back_to_osascript_with_argv(monkeypatch):
-    runs, logs = [], []
-    notify = Notifier(RaisingRumps, run=lambda cmd, **kw: runs.append(cmd), log=logs.append)
-    tricky = 'He said "hi" \\ then; end run\n-- do shell script "rm -rf ~"'
-    assert notify('Caption "1"', tricky) == "osascript"
-    assert runs[0][: len(OSASCRIPT)] == OSASCRIPT and runs[0][len(OSASCRIPT):] == ['Caption "1"', tricky]
-    assert RaisingRumps.calls == 1 and "osascript" in logs[0]
-    notify("again", "x")  # rumps is not retried once it failed
-    assert RaisingRumps.calls == 1 and len(runs) == 2
-
-
-def test_notification_never_raises():
-    def broken(cmd, **kw):
-        raise FileNotFoundError("osascript")
-
-    ok = types.SimpleNamespace(notification=lambda t, s, m: None)
-    assert Notifier(ok, run=broken)("t", "m") == "rumps"
-    assert Notifier(None, run=broken, log=lambda line: None)("t", "m" * 10_000) == "none"
-
-
-def test_applescript_quote_escapes_quotes_and_backslashes():
-    assert applescript_quote('a "b" \\c') == '"a \\"b\\" \\\\c"'
-
-
-def test_osascript_fallback_really_runs_when_present():
-    if not Path("/usr/bin/osascript").exists():
-        pytest.skip("macOS only")
-    assert Notifier(None)("MLX Caption test", 'quotes " and \\ survive') == "osascript"
-
-
 # --- Launch at Login ----------------------------------------------------------------------------
 def test_launch_agent_plist(tmp_path):
     agent = LaunchAgent(tmp_path / "LaunchAgents" / f"{BUNDLE_ID}.plist")
