@@ -104,3 +104,72 @@ def test_importing_the_recipe_builds_nothing():
     done = subprocess.run([sys.executable, "-c", "import setup_app"], cwd=ROOT, capture_output=True, text=True,
                           timeout=60)
     assert done.returncode == 0 and done.stdout == "" and not (ROOT / "build").exists()
+
+
+# --- the LaunchAgent a bundle writes ------------------------------------------------------------
+def make_bundle(folder: Path, setup_app) -> Path:
+    """The layout py2app produces: Contents/Info.plist, Contents/MacOS/<executable>, Contents/Resources."""
+    app = folder / "MLX Caption.app"
+    (app / "Contents" / "MacOS").mkdir(parents=True)
+    (app / "Contents" / "Resources").mkdir()
+    info = {**setup_app.PLIST, "CFBundleExecutable": "MLX Caption"}
+    (app / "Contents" / "Info.plist").write_bytes(plistlib.dumps(info))
+    (app / "Contents" / "MacOS" / "MLX Caption").write_text("#!/bin/sh\n")
+    return app
+
+
+@pytest.fixture
+def frozen(monkeypatch, tmp_path, in_root):
+    """Running inside a py2app bundle: boot_app sets sys.frozen and RESOURCEPATH."""
+    def run_from(app: Path):
+        monkeypatch.setattr(sys, "frozen", "macosx_app", raising=False)
+        monkeypatch.setenv("RESOURCEPATH", str(app / "Contents" / "Resources"))
+    return run_from
+
+
+def test_a_bundles_agent_starts_the_bundle_and_logs_where_users_look(frozen, tmp_path, in_root):
+    from menubar import BUNDLE_ID
+    from menubar.launchagent import LaunchAgent
+
+    app = make_bundle(tmp_path / "dist", in_root)
+    frozen(app)
+    agent = LaunchAgent(tmp_path / "LaunchAgents" / f"{BUNDLE_ID}.plist", log=tmp_path / "Logs" / "agent.log")
+    agent.enable()
+    data = plistlib.loads(agent.path.read_bytes())
+    assert plistlib.loads(plistlib.dumps(data)) == data == agent.plist()
+    assert data["Label"] == BUNDLE_ID and data["RunAtLoad"] is True
+    assert data["ProgramArguments"] == [str(app / "Contents" / "MacOS" / "MLX Caption")]
+    assert "WorkingDirectory" not in data  # the bundle carries its packages
+    assert data["StandardErrorPath"] == str(tmp_path / "Logs" / "agent.log") and (tmp_path / "Logs").is_dir()
+    assert not any(".zip" in str(v) for v in data.values())
+    assert os.stat(agent.path).st_mode & 0o777 == 0o644
+
+
+def test_moving_the_app_rewrites_the_agent_at_start(frozen, tmp_path, in_root):
+    from menubar.launchagent import LaunchAgent
+
+    path, log = tmp_path / "LaunchAgents" / "agent.plist", tmp_path / "agent.log"
+    old = make_bundle(tmp_path / "dist", in_root)
+    frozen(old)
+    LaunchAgent(path, log=log).enable()  # turned on while the app was in dist/
+    new = tmp_path / "Applications" / old.name
+    new.parent.mkdir()
+    old.rename(new)
+    frozen(new)
+    agent = LaunchAgent(path, log=log)
+    assert agent.enabled() and agent.refresh() is True
+    assert plistlib.loads(path.read_bytes())["ProgramArguments"] == [str(new / "Contents" / "MacOS" / "MLX Caption")]
+    assert agent.refresh() is False  # up to date: left alone
+    agent.disable()
+    assert agent.refresh() is False and not agent.enabled()  # off stays off
+    path.write_bytes(b"not a plist")
+    assert agent.refresh() is True and plistlib.loads(path.read_bytes()) == agent.plist()
+
+
+def test_from_a_checkout_the_agent_runs_this_python_in_this_checkout(tmp_path):
+    from menubar.launchagent import LaunchAgent
+
+    agent = LaunchAgent(tmp_path / "agent.plist", log=tmp_path / "agent.log")
+    data = agent.plist()
+    assert data["ProgramArguments"] == [sys.executable, "-m", "menubar"]
+    assert data["WorkingDirectory"] == str(ROOT)
