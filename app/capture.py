@@ -14,6 +14,7 @@ xclip/ImageMagick on X11. Standard library only, so importing this is free.
 
 from __future__ import annotations
 
+import ctypes
 import os
 import re
 import shutil
@@ -24,8 +25,13 @@ from pathlib import Path
 
 SCREENCAPTURE = "/usr/sbin/screencapture"
 SCREEN_PERMISSION = ("allow Screen Recording for the app running this (Terminal, Shortcuts, ...) in "
-                     "System Settings → Privacy & Security → Screen & System Audio Recording, then retry")
+                     "System Settings → Privacy & Security → Screen & System Audio Recording, then quit and "
+                     "reopen that app and retry")
 TIMEOUT = 10.0  # seconds for clipboard tools; an unresponsive clipboard owner must not hang us
+CORE_GRAPHICS = "/System/Library/Frameworks/CoreGraphics.framework/CoreGraphics"
+IMAGE_UTI = "public.image"  # what every image type (PNG, JPEG, HEIC, TIFF, ...) conforms to; PDF and video do not
+# Shortcuts runs scripts without a locale; osascript and pbcopy then misread non-ASCII text.
+UTF8_ENV = {"LANG": "en_US.UTF-8", "LC_ALL": "en_US.UTF-8"}
 
 
 class CaptureError(RuntimeError):
@@ -65,9 +71,10 @@ def copy_text(text: str) -> None:
 
 
 def _run(cmd: list[str], *, data: bytes | None = None, timeout: float | None = TIMEOUT,
-         hint: str = "") -> subprocess.CompletedProcess:
+         hint: str = "", env: dict | None = None) -> subprocess.CompletedProcess:
     try:
-        return subprocess.run(cmd, input=data, capture_output=True, timeout=timeout)
+        return subprocess.run(cmd, input=data, capture_output=True, timeout=timeout,
+                              env={**os.environ, **env} if env else None)
     except FileNotFoundError:
         raise CaptureError(f"{cmd[0]} is not installed{'; ' + hint if hint else ''}") from None
     except subprocess.TimeoutExpired:
@@ -94,23 +101,29 @@ def _mac_clipboard_image() -> bytes:
     if appkit is None:
         return _osascript_clipboard_image()
     pb = appkit.NSPasteboard.generalPasteboard()
-    # A file copied in Finder also puts its *icon* on the pasteboard as TIFF:
-    # caption the file itself, not its icon.
-    url = pb.stringForType_("public.file-url")
-    if url:
-        path = appkit.NSURL.URLWithString_(url).path()
+    # A file copied in Finder also puts its *icon* on the pasteboard as TIFF: caption the
+    # file itself, and only when it is an image (a copied PDF or video is not read at all).
+    files_only = {appkit.NSPasteboardURLReadingFileURLsOnlyKey: True}
+    images = pb.readObjectsForClasses_options_(
+        [appkit.NSURL], {**files_only, appkit.NSPasteboardURLReadingContentsConformToTypesKey: [IMAGE_UTI]}) or []
+    for url in images:
+        path = url.path()
         if path and os.path.isfile(path):
             return Path(path).read_bytes()
-    for kind in (appkit.NSPasteboardTypePNG, appkit.NSPasteboardTypeTIFF, "public.jpeg", "public.heic"):
-        data = pb.dataForType_(kind)
-        if data is not None and data.length() > 0:
-            return bytes(data)
+    if pb.canReadObjectForClasses_options_([appkit.NSURL], files_only):
+        raise NoImageOnClipboard("the clipboard holds a file that is not an image")
+    kind = pb.availableTypeFromArray_([appkit.NSPasteboardTypePNG, appkit.NSPasteboardTypeTIFF, "public.jpeg",
+                                       "public.heic"])
+    data = pb.dataForType_(kind) if kind is not None else None
+    if data is not None and data.length() > 0:
+        return bytes(data)
     raise NoImageOnClipboard("the clipboard has no image (copy one first, e.g. with ⌃⇧⌘4)")
 
 
 def _osascript_clipboard_image() -> bytes:
     for cls in ("PNGf", "TIFF"):
-        done = _run(["osascript", "-e", f"the clipboard as «class {cls}»"])
+        # «» in the script: osascript must read its argument as UTF-8, whatever the caller's locale.
+        done = _run(["osascript", "-e", f"the clipboard as «class {cls}»"], env=UTF8_ENV)
         if done.returncode == 0:
             # «data PNGf89504E47...»; the guillemets' encoding depends on the locale, so skip them.
             m = re.search(rb"data [A-Za-z0-9 ]{4}([0-9A-Fa-f]+)", done.stdout)
@@ -127,8 +140,7 @@ def _mac_copy(text: str) -> None:
         if not pb.setString_forType_(text, appkit.NSPasteboardTypeString):
             raise CaptureError("could not write to the clipboard")
         return
-    # Shortcuts runs scripts without a locale: pbcopy would then mangle non-ASCII text.
-    env = {**os.environ, "LANG": "en_US.UTF-8", "LC_ALL": "en_US.UTF-8"}
+    env = {**os.environ, **UTF8_ENV}
     try:
         done = subprocess.run(["pbcopy"], input=text.encode(), capture_output=True, timeout=TIMEOUT, env=env)
     except (FileNotFoundError, subprocess.TimeoutExpired) as e:
@@ -137,9 +149,36 @@ def _mac_copy(text: str) -> None:
         raise CaptureError(f"pbcopy failed: {_first_line(done.stderr)}")
 
 
+def screen_access(request: bool = False) -> bool | None:
+    """Screen Recording permission of the app this runs under (Terminal, Shortcuts, the
+    menubar app): CoreGraphics' CGPreflightScreenCaptureAccess, no prompt. With `request`,
+    a missing permission also gets CGRequestScreenCaptureAccess, which asks once (the grant
+    counts after the app restarts). None where CoreGraphics cannot tell."""
+    try:
+        cg = ctypes.CDLL(CORE_GRAPHICS)
+        preflight = cg.CGPreflightScreenCaptureAccess
+    except (OSError, AttributeError):
+        return None
+    preflight.restype, preflight.argtypes = ctypes.c_bool, []
+    if preflight():
+        return True
+    if request:
+        try:
+            ask = cg.CGRequestScreenCaptureAccess
+            ask.restype, ask.argtypes = ctypes.c_bool, []
+            return bool(ask())
+        except AttributeError:
+            pass
+    return False
+
+
 def _mac_screen(region: bool) -> bytes:
     if not os.path.exists(SCREENCAPTURE):
         raise CaptureError(f"{SCREENCAPTURE} is missing")
+    # Without the permission screencapture still succeeds, with only the wallpaper and menu
+    # bar in the picture: check first rather than caption the desktop.
+    if screen_access(request=True) is False:
+        raise CaptureError(f"no Screen Recording permission: {SCREEN_PERMISSION}")
     with tempfile.TemporaryDirectory(prefix="caption-") as tmp:
         out = Path(tmp) / "screen.png"
         cmd = [SCREENCAPTURE, "-i", "-x", str(out)] if region else [SCREENCAPTURE, "-x", str(out)]

@@ -37,7 +37,7 @@ def import_ours():
     import mlx_vlm_port  # noqa: F401  (preloads OpenBLAS before MLX)
     from mlx_vlm_port import load, stream_generate
 
-    for name in ("app.caption", "app.captioner"):
+    for name in ("app.caption", "captioning.captioner"):
         try:
             __import__(name)
         except ImportError:

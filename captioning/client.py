@@ -1,4 +1,4 @@
-"""Client of the menubar app's local caption service (wire format: app.protocol).
+"""Client of the menubar app's local caption service (wire format: captioning.protocol).
 
 The CLI asks the running service first, because it already holds the model in
 memory: a caption then costs no model load. Anything that says "no usable

@@ -6,20 +6,6 @@ import re
 
 from .errors import Exit, Failure
 
-HEIF_BRANDS = (b"ftypheic", b"ftypheix", b"ftypmif1", b"ftypmsf1", b"ftypheif", b"ftyphevc")
-
-
-def _enable_heif(head: bytes) -> str:
-    """Register pillow-heif for HEIC input if installed; else a hint for the error line."""
-    if head[4:12] not in HEIF_BRANDS:
-        return ""
-    try:
-        import pillow_heif
-    except ImportError:
-        return "; install pillow-heif to read HEIC photos"
-    pillow_heif.register_heif_opener()
-    return ""
-
 
 def tidy(message: str, name: str) -> str:
     """An image error as the user should read it: named after their input, not
@@ -38,18 +24,16 @@ def read_image(label: str, *, path: str | None = None, data: bytes | None = None
 
     from mlx_vlm_port.image import ImageError, load_image
 
-    head = data[:16] if data is not None else b""
-    if path is not None:
+    if path is not None:  # the OS's own word for a file we cannot read (PIL's is vaguer)
         try:
-            with open(path, "rb") as f:
-                head = f.read(16)
+            with open(path, "rb"):
+                pass
         except IsADirectoryError:
             pass  # load_image words this one
         except FileNotFoundError:
             raise Failure(Exit.IMAGE, f"{label}: no such file") from None
         except OSError as e:
             raise Failure(Exit.IMAGE, f"{label}: cannot read ({e.strerror or e})") from None
-    hint = _enable_heif(head)
     with warnings.catch_warnings():
         # PIL only *warns* between its pixel limit and twice that; refuse those too
         # rather than decode a few GB.
@@ -59,6 +43,6 @@ def read_image(label: str, *, path: str | None = None, data: bytes | None = None
         except Image.DecompressionBombWarning as e:
             raise Failure(Exit.IMAGE, f"{label} is too large to decode safely ({e})") from None
         except ImageError as e:
-            raise Failure(Exit.IMAGE, tidy(str(e), label) + hint) from None
+            raise Failure(Exit.IMAGE, tidy(str(e), label)) from None
         except MemoryError:
             raise Failure(Exit.IMAGE, f"{label} is too large to decode") from None

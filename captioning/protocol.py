@@ -37,9 +37,18 @@ def runtime_dir() -> Path:
     """A per-user folder for the socket (created 0700 by the server)."""
     if os.environ.get("MLX_VLM_PORT_RUNTIME_DIR"):
         return Path(os.environ["MLX_VLM_PORT_RUNTIME_DIR"])
-    if sys.platform != "darwin" and os.environ.get("XDG_RUNTIME_DIR"):
+    if sys.platform == "darwin":
+        # The per-user temp folder (/var/folders/…/T/) from confstr(_CS_DARWIN_USER_TEMP_DIR = 65537):
+        # the same for every process of the user, whereas $TMPDIR is missing under launchd
+        # agents and some Shortcuts runs (tempfile would then pick /tmp, and nobody would meet).
+        try:
+            folder = os.confstr(65537)
+        except (OSError, ValueError):
+            folder = None
+        if folder:
+            return Path(folder) / f"mlx-vlm-port-{os.getuid()}"
+    elif os.environ.get("XDG_RUNTIME_DIR"):
         return Path(os.environ["XDG_RUNTIME_DIR"]) / "mlx-vlm-port"
-    # macOS's $TMPDIR is already per user; elsewhere add the uid.
     return Path(tempfile.gettempdir()) / f"mlx-vlm-port-{os.getuid()}"
 
 

@@ -1,9 +1,14 @@
 """Notifications that never crash the app.
 
-`rumps.notification` raises under a plain venv Python (no bundle id, so no
-notification center); then `osascript` posts it instead. The text goes to
-AppleScript as argv, not spliced into the script, so quotes, backslashes and
-newlines in a caption cannot break (or inject into) the script.
+The route follows the main bundle's identifier (`NSBundle.mainBundle()`):
+- inside the .app (our bundle id): UNUserNotificationCenter, shown as the app
+  (rumps.notification's NSUserNotification is deprecated and hidden while the
+  app is frontmost; it stays as the fallback);
+- anywhere else: `osascript`. Under a framework Python's venv the main bundle is
+  `org.python.python`, where rumps.notification does not raise but posts as
+  "Python", which is dropped unless Python is allowed to notify.
+The text goes to AppleScript as argv, not spliced into the script, so quotes,
+backslashes and newlines in a caption cannot break (or inject into) the script.
 """
 
 from __future__ import annotations
@@ -11,6 +16,8 @@ from __future__ import annotations
 import subprocess
 import sys
 from typing import Callable
+
+from menubar import BUNDLE_ID
 
 # `on run argv` receives the strings after the script on osascript's command line.
 OSASCRIPT = ["/usr/bin/osascript",
@@ -26,29 +33,51 @@ def applescript_quote(text: str) -> str:
 
 
 class Notifier:
-    def __init__(self, rumps_module=None, run: Callable = subprocess.run, log: Callable[[str], None] | None = None):
+    """`bundle_id`: the main bundle's identifier; `native`: makes the UNUserNotificationCenter
+    poster (menubar.macos.UserNotifications), called only inside our bundle."""
+
+    def __init__(self, rumps_module=None, run: Callable = subprocess.run, log: Callable[[str], None] | None = None,
+                 *, bundle_id: str | None = None, native: Callable[[], Callable[[str, str], None]] | None = None):
         self.rumps = rumps_module
         self.run = run
         self.log = log or (lambda line: print(f"menubar: {line}", file=sys.stderr))
-        self.use_rumps = rumps_module is not None  # turned off after the first failure
+        self.in_bundle = bundle_id == BUNDLE_ID
+        self.routes = ["native", "rumps", "osascript"] if self.in_bundle else ["osascript"]
+        if rumps_module is None and "rumps" in self.routes:
+            self.routes.remove("rumps")
+        self._native_factory, self._poster = native, None
+        if native is None and "native" in self.routes:
+            self.routes.remove("native")
+
+    @property
+    def route(self) -> str:
+        return self.routes[0] if self.routes else "none"
 
     def __call__(self, title: str, message: str) -> str:
-        """Post; returns the route taken: "rumps", "osascript" or "none"."""
+        """Post; returns the route taken: "native", "rumps", "osascript" or "none"."""
         title, message = _clip(title), _clip(message)
-        if self.use_rumps:
+        while self.routes:
+            route = self.routes[0]
             try:
-                self.rumps.notification(title, "", message)
-                return "rumps"
-            except Exception as e:  # no bundle id / Info.plist: fall back from now on
-                self.use_rumps = False
-                self.log(f"notification center unavailable ({type(e).__name__}); using osascript")
-        try:
-            self.run(OSASCRIPT + [title, message], check=False, timeout=10,
-                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-            return "osascript"
-        except Exception as e:  # no osascript (not a Mac) or it hung: the result is still copied
-            self.log(f"could not post a notification ({type(e).__name__}: {e})")
-            return "none"
+                getattr(self, f"_{route}")(title, message)
+                return route
+            except Exception as e:  # this route is unavailable here: use the next one from now on
+                self.routes.pop(0)
+                self.log(f"notifications via {route} failed ({type(e).__name__}: {e}); "
+                         f"now {self.route}")
+        return "none"
+
+    def _native(self, title: str, message: str) -> None:
+        if self._poster is None:
+            self._poster = self._native_factory()
+        self._poster(title, message)
+
+    def _rumps(self, title: str, message: str) -> None:
+        self.rumps.notification(title, "", message)
+
+    def _osascript(self, title: str, message: str) -> None:
+        self.run(OSASCRIPT + [title, message], check=False, timeout=10,
+                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
 
 def _clip(text: str) -> str:

@@ -1,18 +1,26 @@
-"""The thin rumps layer (macOS only): menu items call the App controller, a Timer
-drains its events on the main thread, and RumpsUI is the UI protocol in AppKit terms.
+"""The thin rumps layer (macOS only): menu items call the App controller, its events are
+delivered on the main thread, and RumpsUI is the UI protocol in AppKit terms.
 
-All logic lives in menubar/core.py; nothing here decides anything.
+All logic lives in menubar/core.py; nothing here decides anything. Every event the
+worker or a capture thread queues also schedules `core.tick` on the main run loop
+(menubar.macos.call_on_main), which runs in every run-loop mode: events arrive while
+the menu is open or a dialog runs, where a rumps.Timer (default mode only) stalls.
+The timer stays as a slow safety net.
 """
 
 from __future__ import annotations
 
+import os
+import queue
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import rumps
 
-from menubar import APP_NAME
+from menubar import APP_NAME, macos
+from menubar.launchagent import LaunchAgent
 from menubar.core import TITLES, App, MenuState
 from menubar.history import History
 from menubar.notify import Notifier
@@ -20,7 +28,27 @@ from menubar.service import AlreadyRunning, Service
 from menubar.settings import DETAILS, LANGUAGES, Settings
 from menubar.worker import Worker
 
-TICK_SECONDS = 0.1
+TICK_SECONDS = 1.0  # the safety net; events normally arrive through call_on_main
+STOP_SECONDS = 5.0  # how long Quit waits for the worker before leaving without it
+
+
+class WakingQueue(queue.Queue):
+    """The controller's event queue: each put also asks the main thread to drain it."""
+
+    def __init__(self, wake):
+        super().__init__()
+        self.wake = wake
+
+    def put(self, item, block=True, timeout=None):
+        super().put(item, block, timeout)
+        try:
+            self.wake()
+        except Exception as e:  # the timer still drains it
+            print(f"menubar: cannot wake the main thread ({type(e).__name__}: {e})", file=sys.stderr)
+
+
+def _exit_now(code: int) -> None:
+    os._exit(code)
 
 
 class RumpsUI:
@@ -48,11 +76,14 @@ class RumpsUI:
             copy_text(text)
 
     def alert(self, title: str, message: str) -> None:
+        _front(None)  # rumps.alert builds its NSAlert inside: at least activate the app
         rumps.alert(title=title, message=message)
 
     def prompt(self, title: str, message: str, default: str = "") -> str | None:
         window = rumps.Window(message=message, title=title, default_text=default, ok="OK", cancel="Cancel",
                               dimensions=(320, 60))
+        alert = getattr(window, "_alert", None)  # rumps.Window's NSAlert
+        _front(alert.window() if alert is not None else None)
         response = window.run()
         return response.text if response.clicked else None
 
@@ -62,6 +93,13 @@ class RumpsUI:
     def update_menu(self, state: MenuState) -> None:
         if self.menu is not None:
             self.menu.apply(state)
+
+
+def _front(window) -> None:
+    try:
+        macos.bring_to_front(window)
+    except Exception as e:  # the dialog still runs, if perhaps behind
+        print(f"menubar: cannot bring the dialog to the front ({type(e).__name__}: {e})", file=sys.stderr)
 
 
 class MenuView:
@@ -142,20 +180,49 @@ def build(model: str | None = None):
     except (AlreadyRunning, OSError) as e:  # the menu still works; the CLI uses the other server
         service, problem = None, str(e)
     app = rumps.App(APP_NAME, title=TITLES["loading"], quit_button=None)
-    ui = RumpsUI(app, Notifier(rumps))
-    core = App(ui, worker, settings=settings, history=History())
-    done = []
+    notifier = Notifier(rumps, bundle_id=macos.bundle_identifier(), native=macos.UserNotifications)
+    ui = RumpsUI(app, notifier)
+    agent = LaunchAgent()
+    try:
+        agent.refresh()  # the app may have moved since Launch at Login was turned on
+    except OSError as e:
+        print(f"menubar: cannot update {agent.path}: {e}", file=sys.stderr)
+    core = App(ui, worker, settings=settings, history=History(), launch_agent=agent)
+    core.events = WakingQueue(lambda: macos.call_on_main(core.tick))
+    try:
+        worker.add_listener(macos.Activity().on_worker_state)  # no App Nap while loading or captioning
+    except Exception as e:
+        print(f"menubar: no activity assertion ({type(e).__name__}: {e})", file=sys.stderr)
+    done, stopped = [], threading.Event()
 
-    def shutdown() -> None:
+    def shutdown(timeout: float | None = None) -> None:
+        """Stop the service and the worker; leave at once if the worker is stuck in MLX (a
+        model load), since an MLX thread alive at exit aborts the process."""
+        timeout = STOP_SECONDS if timeout is None else timeout
         if not done:
             done.append(True)
             if service:
                 service.close()
-            worker.stop(timeout=5)
+            worker.stop(timeout=timeout)
+            stopped.set()
+        else:
+            stopped.wait(timeout)
+        if worker.alive:
+            print("menubar: the worker is still busy; exiting without waiting", file=sys.stderr, flush=True)
+            _exit_now(0)
 
     def quit_app() -> None:
-        shutdown()
-        rumps.quit_application()
+        """Quit without freezing the menu: stop on a helper thread, then terminate on the main
+        thread. NSApplication terminate: exits right after applicationWillTerminate (rumps'
+        before_quit), so nothing placed after app.run() would run."""
+        ui.set_title(TITLES["loading"])
+        ui.menu.status.title = "Quitting…"
+
+        def stop_then_quit():
+            shutdown()
+            macos.call_on_main(rumps.quit_application)
+
+        threading.Thread(target=stop_then_quit, name="quit", daemon=True).start()
 
     ui.menu = MenuView(app, core, quit_app)
     worker.start()
@@ -169,13 +236,11 @@ def build(model: str | None = None):
 
 def run(model: str | None = None) -> int:
     app, core, shutdown = build(model)
-    timer = rumps.Timer(lambda _timer: core.tick(), TICK_SECONDS)  # fires on the main run loop
+    timer = rumps.Timer(lambda _timer: core.tick(), TICK_SECONDS)  # default run-loop mode only
     timer.start()
-    rumps.events.before_quit.register(shutdown)  # logout / restart, not only our Quit item
-    try:
-        app.run()
-    finally:
-        shutdown()
+    rumps.events.before_quit.register(shutdown)  # logout / restart too; the process exits right after
+    app.run()
+    shutdown()  # only reached if the run loop ever returns instead of exiting
     return 0
 
 

@@ -120,10 +120,33 @@ def peer_uid(conn: socket.socket) -> int | None:
 
 def hung_up(conn: socket.socket) -> bool:
     """True once the peer closed the connection entirely. (A half-close, shutdown(SHUT_WR)
-    after sending the request, is not a hang-up: that client still reads the answer.)"""
+    after sending the request, is not a hang-up: that client still reads the answer.)
+
+    Where kqueue exists (macOS, BSD) the question is whether *our* writes can still be
+    delivered: EVFILT_WRITE reports EV_EOF once the peer can no longer receive, and not for
+    its half-close. poll() cannot be used there: xnu reports the peer's SHUT_WR as POLLHUP.
+    Linux reports POLLHUP only when both directions are shut."""
+    if hasattr(select, "kqueue"):
+        return _write_side_closed(conn)
     try:
         poller = select.poll()
         poller.register(conn, select.POLLHUP | select.POLLERR)
         return any(ev & (select.POLLHUP | select.POLLERR) for _, ev in poller.poll(0))
     except (AttributeError, OSError, ValueError):
         return False
+
+
+def _write_side_closed(conn: socket.socket) -> bool:
+    try:
+        kq = select.kqueue()
+    except OSError:
+        return False
+    try:
+        change = select.kevent(conn.fileno(), filter=select.KQ_FILTER_WRITE,
+                               flags=select.KQ_EV_ADD | select.KQ_EV_ONESHOT)
+        events = kq.control([change], 1, 0)
+        return any(ev.flags & select.KQ_EV_EOF for ev in events)
+    except (OSError, ValueError):
+        return False
+    finally:
+        kq.close()

@@ -196,6 +196,7 @@ class Worker:
             self._current = None
             if self._pending == 0:
                 self._set_state("ready", self.model_id)
+                _clear_mlx_cache()  # idle: hand the generation's GPU buffers back to the system
 
     def _emit(self, request: Request, message: dict) -> None:
         try:

@@ -23,6 +23,26 @@ class ImageError(ValueError):
     """The input is not a usable image (missing, unreadable, empty, too large)."""
 
 
+def heif_registered() -> bool:
+    """Whether PIL opens HEIC/HEIF (pillow-heif registers the format "HEIF" in PIL's own table)."""
+    from PIL import Image
+
+    return "HEIF" in Image.OPEN
+
+
+def register_heif() -> bool:
+    """Teach PIL to open HEIC/HEIF (iPhone photos, Shortcuts' "Get Latest Photos") through
+    pillow-heif; True once registered. Done on the first image PIL cannot identify, so
+    the ~0.1 s import is paid only by those who need it."""
+    if not heif_registered():
+        try:
+            import pillow_heif
+        except ImportError:
+            return False
+        pillow_heif.register_heif_opener()
+    return heif_registered()
+
+
 def load_image(source) -> "PIL.Image.Image":
     """Open a path, bytes, file object or PIL image as an RGB PIL image.
 
@@ -51,7 +71,12 @@ def load_image(source) -> "PIL.Image.Image":
         try:
             with warnings.catch_warnings():  # PIL's size warning becomes our error below
                 warnings.simplefilter("error", Image.DecompressionBombWarning)
-                image = Image.open(source)
+                try:
+                    image = Image.open(source)
+                except UnidentifiedImageError:
+                    if heif_registered() or not _rewind(source) or not register_heif():
+                        raise
+                    image = Image.open(source)  # HEIC/HEIF, now that PIL knows it
             # Refuse absurd sizes from the header, before decoding a single pixel.
             if image.width * image.height > MAX_IMAGE_PIXELS:
                 raise ImageError(f"{name} is too large ({image.width}×{image.height} pixels)")
@@ -67,6 +92,17 @@ def load_image(source) -> "PIL.Image.Image":
         image.seek(0)  # animated GIF/WebP/APNG: caption the first frame
     image = ImageOps.exif_transpose(image)
     return to_rgb(image)
+
+
+def _rewind(source) -> bool:
+    """Make `source` readable from its start again (a path always is)."""
+    if isinstance(source, (str, os.PathLike)):
+        return True
+    try:
+        source.seek(0)
+        return True
+    except (AttributeError, OSError, ValueError):
+        return False
 
 
 def to_rgb(image) -> "PIL.Image.Image":

@@ -24,6 +24,7 @@ def fake_tool(folder: Path, name: str, script: str) -> Path:
 def mac(monkeypatch):
     monkeypatch.setattr(sys, "platform", "darwin")
     monkeypatch.setattr(capture, "_appkit", lambda: None)  # no pyobjc: the osascript/pbcopy path
+    monkeypatch.setattr(capture, "screen_access", lambda request=False: True)
 
 
 def completed(stdout: bytes = b"", returncode: int = 0, stderr: bytes = b""):
@@ -34,11 +35,13 @@ def test_mac_osascript_clipboard(mac, monkeypatch):
     calls = []
 
     def run(cmd, **kw):
-        calls.append(cmd)
+        calls.append((cmd, kw.get("env")))
         return completed("«data PNGf{}»\n".format(PNG.hex().upper()).encode())
     monkeypatch.setattr(capture, "_run", run)
     assert capture.clipboard_image_bytes() == PNG
-    assert calls[0] == ["osascript", "-e", "the clipboard as «class PNGf»"]
+    # The script holds «»: osascript reads it as UTF-8 only under a UTF-8 locale, which
+    # Shortcuts' scripts do not have.
+    assert calls[0] == (["osascript", "-e", "the clipboard as «class PNGf»"], capture.UTF8_ENV)
 
 
 def test_mac_osascript_without_an_image(mac, monkeypatch):
@@ -53,9 +56,26 @@ class FakeData(bytes):
         return len(self)
 
 
+class FakeURL:
+    def __init__(self, path):
+        self._path = str(path)
+
+    def path(self):
+        return self._path
+
+
+# What conforms to public.image, as UTType says for these (PDF and video do not).
+CONFORMS = {".png": "public.image", ".jpg": "public.image", ".heic": "public.image", ".pdf": "com.adobe.pdf",
+            ".mov": "public.movie"}
+FILE_URLS_ONLY, CONFORM_TO = "NSPasteboardURLReadingFileURLsOnlyKey", "NSPasteboardURLReadingContentsConformToTypesKey"
+
+
 class FakePasteboard:
-    def __init__(self, items: dict):
-        self.items = dict(items)
+    """NSPasteboard as AppKit documents it: typed data, and file URLs read as NSURL objects,
+    filtered by the options (file URLs only; contents conforming to the given UTIs)."""
+
+    def __init__(self, items: dict, files: list | None = None):
+        self.items, self.files = dict(items), list(files or [])
 
     def stringForType_(self, kind):
         return self.items.get(kind)
@@ -63,8 +83,24 @@ class FakePasteboard:
     def dataForType_(self, kind):
         return FakeData(self.items[kind]) if kind in self.items else None
 
+    def availableTypeFromArray_(self, kinds):
+        return next((k for k in kinds if k in self.items), None)
+
+    def _urls(self, classes, options):
+        assert classes == [FakeURL] and options.get(FILE_URLS_ONLY) is True
+        wanted = options.get(CONFORM_TO)
+        return [FakeURL(f) for f in self.files
+                if wanted is None or CONFORMS.get(Path(f).suffix.lower()) in wanted]
+
+    def readObjectsForClasses_options_(self, classes, options):
+        return self._urls(classes, options) or None  # nil when nothing matches
+
+    def canReadObjectForClasses_options_(self, classes, options):
+        return bool(self._urls(classes, options))
+
     def clearContents(self):
         self.items.clear()
+        self.files.clear()
 
     def setString_forType_(self, text, kind):
         self.items[kind] = text
@@ -72,10 +108,11 @@ class FakePasteboard:
 
 
 def fake_appkit(board: FakePasteboard):
-    url = types.SimpleNamespace(URLWithString_=lambda s: types.SimpleNamespace(path=lambda: s[len("file://"):]))
     return types.SimpleNamespace(NSPasteboard=types.SimpleNamespace(generalPasteboard=lambda: board),
                                  NSPasteboardTypePNG="public.png", NSPasteboardTypeTIFF="public.tiff",
-                                 NSPasteboardTypeString="public.utf8-plain-text", NSURL=url)
+                                 NSPasteboardTypeString="public.utf8-plain-text", NSURL=FakeURL,
+                                 NSPasteboardURLReadingFileURLsOnlyKey=FILE_URLS_ONLY,
+                                 NSPasteboardURLReadingContentsConformToTypesKey=CONFORM_TO)
 
 
 def test_mac_pasteboard_png_tiff_file_and_text(monkeypatch, tmp_path):
@@ -87,12 +124,27 @@ def test_mac_pasteboard_png_tiff_file_and_text(monkeypatch, tmp_path):
     assert capture.clipboard_image_bytes() == PNG  # PNG preferred
     photo = tmp_path / "photo.jpg"
     photo.write_bytes(b"\xff\xd8jpeg")
-    board.items["public.file-url"] = f"file://{photo}"
-    assert capture.clipboard_image_bytes() == b"\xff\xd8jpeg"  # a copied file, not its icon
+    board.files.append(str(photo))  # Finder: the file, plus its icon as TIFF
+    assert capture.clipboard_image_bytes() == b"\xff\xd8jpeg"  # the copied file, not its icon
     capture.copy_text("un café")
-    assert board.items == {"public.utf8-plain-text": "un café"}
+    assert board.items == {"public.utf8-plain-text": "un café"} and not board.files
     with pytest.raises(capture.NoImageOnClipboard):
         capture.clipboard_image_bytes()
+
+
+@pytest.mark.parametrize("name", ["report.pdf", "clip.mov"])
+def test_a_copied_file_that_is_not_an_image_is_never_read(monkeypatch, tmp_path, name):
+    monkeypatch.setattr(sys, "platform", "darwin")
+    other = tmp_path / name
+    other.write_bytes(b"%PDF-1.7 or a video, possibly gigabytes")
+    board = FakePasteboard({"public.tiff": b"II*\0the file's icon"}, files=[str(other)])
+    monkeypatch.setattr(capture, "_appkit", lambda: fake_appkit(board))
+    read = []
+    real_read = Path.read_bytes
+    monkeypatch.setattr(Path, "read_bytes", lambda self: read.append(self) or real_read(self))
+    with pytest.raises(capture.NoImageOnClipboard, match="not an image"):
+        capture.clipboard_image_bytes()  # neither the file nor its icon
+    assert read == []
 
 
 def test_mac_screencapture(mac, monkeypatch, tmp_path):
@@ -112,6 +164,71 @@ def test_mac_screencapture(mac, monkeypatch, tmp_path):
     monkeypatch.setattr(capture, "SCREENCAPTURE", str(denied))
     with pytest.raises(capture.CaptureError, match="Screen Recording"):
         capture.grab_screen()
+
+
+@pytest.fixture
+def no_permission(mac, monkeypatch, tmp_path):
+    """macOS without Screen Recording permission: screencapture exits 0 with a picture of the
+    wallpaper and menu bar only, so only the preflight can tell."""
+    log = tmp_path / "ran"
+    wallpaper = fake_tool(tmp_path, "screencapture",
+                          f'touch {log}\nfor a; do last=$a; done\nprintf WALLPAPER > "$last"\nexit 0\n')
+    monkeypatch.setattr(capture, "SCREENCAPTURE", str(wallpaper))
+    asked = []
+    monkeypatch.setattr(capture, "screen_access", lambda request=False: asked.append(request) or False)
+    return log, asked
+
+
+def test_screen_capture_without_permission_is_refused_not_the_wallpaper(no_permission):
+    log, asked = no_permission
+    for region in (False, True):
+        with pytest.raises(capture.CaptureError, match="no Screen Recording permission") as e:
+            capture.grab_screen(region=region)
+        assert "Privacy & Security" in str(e.value)
+    assert asked == [True, True] and not log.exists()  # asked (prompting once), never captured
+
+
+def test_cli_screen_without_permission_exits_5_with_the_message(no_permission, capsys):
+    from app.caption import main
+
+    log, _ = no_permission
+    assert main(["--screen"]) == 5
+    out, err = capsys.readouterr()
+    assert out == "" and "Screen Recording" in err and "WALLPAPER" not in err and not log.exists()
+
+
+class FakeCoreGraphics:
+    """CGPreflightScreenCaptureAccess / CGRequestScreenCaptureAccess, as ctypes sees them."""
+
+    def __init__(self, granted: bool):
+        self.granted, self.requests = granted, 0
+        outer = self
+
+        class Fn:
+            def __init__(self, body):
+                self.body, self.restype, self.argtypes = body, None, None
+
+            def __call__(self, *args):
+                assert self.restype is __import__("ctypes").c_bool and self.argtypes == [] and not args
+                return self.body()
+
+        def request():
+            outer.requests += 1
+            return outer.granted
+        self.CGPreflightScreenCaptureAccess = Fn(lambda: outer.granted)
+        self.CGRequestScreenCaptureAccess = Fn(request)
+
+
+def test_screen_access_preflights_and_requests_only_when_asked(monkeypatch):
+    import ctypes
+
+    for granted in (True, False):
+        cg = FakeCoreGraphics(granted)
+        monkeypatch.setattr(ctypes, "CDLL", lambda path, *a, **k: cg if path == capture.CORE_GRAPHICS else None)
+        assert capture.screen_access() is granted and cg.requests == 0
+        assert capture.screen_access(request=True) is granted and cg.requests == (0 if granted else 1)
+    monkeypatch.setattr(ctypes, "CDLL", lambda *a, **k: (_ for _ in ()).throw(OSError("no such framework")))
+    assert capture.screen_access(request=True) is None  # not a Mac: cannot tell, do not refuse
 
 
 def test_wayland_clipboard(monkeypatch, tmp_path):

@@ -1,4 +1,4 @@
-"""app.grounding: the near-JSON box parser and the box drawing (no model needed)."""
+"""captioning.grounding: the near-JSON box parser and the box drawing (no model needed)."""
 
 import pytest
 from PIL import Image

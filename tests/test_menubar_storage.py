@@ -4,8 +4,10 @@ notification fallback (rumps raising → osascript), Launch at Login."""
 from __future__ import annotations
 
 import json
+import os
 import plistlib
 import stat
+import subprocess
 import sys
 import types
 from pathlib import Path
@@ -84,47 +86,6 @@ def test_settings_defaults_validation_and_round_trip(tmp_path):
     assert in_language("Describe this image.", "Korean") == "Describe this image. Answer in Korean."
 
 
-# --- notifications ---------------------------------------------------------------------------
-class RaisingRumps:
-    calls = 0
-
-    @classmethod
-    def notification(cls, title, subtitle, message):
-        cls.calls += 1
-        raise RuntimeError('Failed to setup the notification center. This issue occurs when the "Info.plist" '
-                           'file cannot be found or is missing "CFBundleIdentifier".')
-
-
-def test_notification_falls_back_to_osascript_with_argv(monkeypatch):
-    runs, logs = [], []
-    notify = Notifier(RaisingRumps, run=lambda cmd, **kw: runs.append(cmd), log=logs.append)
-    tricky = 'He said "hi" \\ then; end run\n-- do shell script "rm -rf ~"'
-    assert notify('Caption "1"', tricky) == "osascript"
-    assert runs[0][: len(OSASCRIPT)] == OSASCRIPT and runs[0][len(OSASCRIPT):] == ['Caption "1"', tricky]
-    assert RaisingRumps.calls == 1 and "osascript" in logs[0]
-    notify("again", "x")  # rumps is not retried once it failed
-    assert RaisingRumps.calls == 1 and len(runs) == 2
-
-
-def test_notification_never_raises():
-    def broken(cmd, **kw):
-        raise FileNotFoundError("osascript")
-
-    ok = types.SimpleNamespace(notification=lambda t, s, m: None)
-    assert Notifier(ok, run=broken)("t", "m") == "rumps"
-    assert Notifier(None, run=broken, log=lambda line: None)("t", "m" * 10_000) == "none"
-
-
-def test_applescript_quote_escapes_quotes_and_backslashes():
-    assert applescript_quote('a "b" \\c') == '"a \\"b\\" \\\\c"'
-
-
-def test_osascript_fallback_really_runs_when_present():
-    if not Path("/usr/bin/osascript").exists():
-        pytest.skip("macOS only")
-    assert Notifier(None)("MLX Caption test", 'quotes " and \\ survive') == "osascript"
-
-
 # --- Launch at Login ----------------------------------------------------------------------------
 def test_launch_agent_plist(tmp_path):
     agent = LaunchAgent(tmp_path / "LaunchAgents" / f"{BUNDLE_ID}.plist")
@@ -134,6 +95,12 @@ def test_launch_agent_plist(tmp_path):
     assert data["Label"] == BUNDLE_ID and data["RunAtLoad"] is True
     assert data["ProgramArguments"] == [sys.executable, "-m", "menubar"]
     assert data["WorkingDirectory"] == str(ROOT) and mode(agent.path) == 0o644
+    # What launchd would run, run from where it would run it (asking only for the usage line):
+    # the app must start from there, installed or not.
+    started = subprocess.run([*data["ProgramArguments"], "--help"], cwd=data["WorkingDirectory"],
+                             capture_output=True, text=True, timeout=60,
+                             env={k: v for k, v in os.environ.items() if k != "PYTHONPATH"})
+    assert started.returncode == 0 and started.stdout.startswith("usage: python -m menubar"), started.stderr
     agent.set(False)
     assert not agent.enabled()
     agent.disable()  # twice is fine
