@@ -1,7 +1,8 @@
 """`python -m app.caption`: caption images from files, stdin, the clipboard or the screen.
 
 Start-up matters (people run this from Shortcuts with a key press), so this
-module imports only the standard library and app's light modules; MLX and the
+module imports only the standard library and the captioning core's light
+modules (and the options model, plain Python); MLX and the
 model load only once an image is known to be good and no running service can
 do the job. Every failure is one `caption: error: ...` line and an exit code.
 """
@@ -17,7 +18,7 @@ from captioning.errors import Exit, Failure
 from captioning.job import DEFAULT_MODEL, DEFAULT_PROMPT, DETAILS, DETECT_PROMPT, Job
 from mlx_vlm_port.options import ImageOptions, SamplingOptions, specs
 
-from . import capture
+from captioning import capture
 from .batch import JsonlLog, Progress, Source, expand
 from .output import Output, say
 

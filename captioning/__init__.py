@@ -3,6 +3,8 @@
     errors.py     exit codes and the one Failure type
     job.py        Job (what to ask of an image) and Result; the detail presets
     images.py     an input's bytes or path → one decoded RGB image, or Failure(3)
+    capture.py    the clipboard and the screen (macOS, X11, Wayland)
+    grounding.py  boxes from a detection answer, and drawing them
     captioner.py  one loaded model (and its prompt cache) answering Jobs
     protocol.py   the local service's wire format: JSON lines over a Unix socket
     client.py     the service's client

@@ -71,7 +71,7 @@ class RumpsUI:
             board.clearContents()
             board.setString_forType_(text, NSPasteboardTypeString)
         except Exception:
-            from app.capture import copy_text
+            from captioning.capture import copy_text
 
             copy_text(text)
 

@@ -1,4 +1,4 @@
-"""The local caption service: JSON lines over a Unix socket (app/protocol.py), no TCP.
+"""The local caption service: JSON lines over a Unix socket (captioning/protocol.py), no TCP.
 
 Connection handler threads parse and validate requests, decode the image, then
 only enqueue a job to the worker and forward the replies it streams into the

@@ -1,4 +1,4 @@
-"""Where images come from: the CLI's capture helpers (app/capture.py), imported on first
+"""Where images come from: the capture helpers (captioning/capture.py), imported on first
 use so the menubar's logic imports (and its tests run) without them."""
 
 from __future__ import annotations
@@ -15,11 +15,11 @@ class Capture(Protocol):
 
 
 class AppCapture:
-    """app.capture's helpers; each returns encoded image bytes, or None for "no image"
+    """captioning.capture's helpers; each returns encoded image bytes, or None for "no image"
     (an empty clipboard, a cancelled region), and raises CaptureError for real failures."""
 
     def clipboard_image(self) -> bytes | None:
-        from app import capture
+        from captioning import capture
 
         try:
             return as_bytes(capture.clipboard_image_bytes())
@@ -27,7 +27,7 @@ class AppCapture:
             return None
 
     def screen(self, region: bool) -> bytes | None:
-        from app import capture
+        from captioning import capture
 
         try:
             return as_bytes(capture.grab_screen(region=region))

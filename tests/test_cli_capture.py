@@ -1,4 +1,4 @@
-"""app.capture's platform paths with stand-in tools, so the macOS and Wayland code
+"""captioning.capture's platform paths with stand-in tools, so the macOS and Wayland code
 runs here too. (The X11 clipboard is tested for real under Xvfb in test_cli.py.)"""
 
 import subprocess
@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from app import capture
+from captioning import capture
 
 PNG = b"\x89PNG\r\n\x1a\nfake"
 

@@ -282,7 +282,7 @@ def mac(monkeypatch, tmp_path):
     png = io.BytesIO()
     __import__("PIL.Image").Image.new("RGB", (40, 30), (200, 30, 30)).save(png, format="PNG")
     monkeypatch.setattr(sources.AppCapture, "clipboard_image", lambda self: png.getvalue())
-    from app import capture
+    from captioning import capture
 
     world.copied = []
     monkeypatch.setattr(capture, "copy_text", lambda text: (on_main("NSPasteboard"), world.copied.append(text)))
