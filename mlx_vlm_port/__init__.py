@@ -1,4 +1,4 @@
-"""LFM2-VL (and SmolVLM) in pure MLX: `load`, `generate`, `stream_generate`.
+"""LFM2-VL (and SmolVLM) in pure MLX: `load`, `generate`, `stream_generate`, `PromptCache`.
 
     from mlx_vlm_port import load, generate
     model, processor = load("LiquidAI/LFM2.5-VL-450M")
@@ -8,7 +8,7 @@ from . import _blas
 
 _blas.preload()  # before anything imports mlx.core
 
-__all__ = ["load", "generate", "stream_generate"]
+__all__ = ["load", "generate", "stream_generate", "PromptCache"]
 
 
 def __getattr__(name):
@@ -23,6 +23,10 @@ def __getattr__(name):
         from .generate import generate, stream_generate
 
         globals().update(generate=generate, stream_generate=stream_generate)
+    elif name == "PromptCache":
+        from .prompt_cache import PromptCache
+
+        globals()["PromptCache"] = PromptCache
     else:
         raise AttributeError(f"module 'mlx_vlm_port' has no attribute {name!r}")
     return globals()[name]

@@ -142,10 +142,6 @@ class Connector(nn.Module):
 
 
 class Model(nn.Module):
-    # For the quantizer (quant.py): Linear/Embedding layers kept in float, and the vision side.
-    KEEP_FLOAT = {"vision_model.embeddings.position_embedding": "position table, added to every patch"}
-    VISION_PREFIXES = ("vision_model.", "connector.")
-
     def __init__(self, config: ModelConfig):
         super().__init__()
         self.config = config
@@ -155,7 +151,7 @@ class Model(nn.Module):
 
     def get_image_features(self, pixel_values: mx.array, pixel_attention_mask: mx.array | None = None) -> mx.array:
         """All frames (V, H, W, 3) → (image tokens, text hidden), in the order of `<image>` tokens."""
-        if pixel_attention_mask is not None and not np.asarray(pixel_attention_mask).all():
+        if pixel_attention_mask is not None and not pixel_attention_mask.all().item():
             # Our processor never pads a frame; padded frames would need masked attention.
             raise ValueError("padded frames (pixel_attention_mask with zeros) are not supported")
         if pixel_values.ndim == 5:  # the reference's (batch, frames, C, H, W)
@@ -175,19 +171,6 @@ class Model(nn.Module):
                  pixel_attention_mask: mx.array | None = None, cache: list | None = None) -> mx.array:
         """input_ids (1, L) [+ frames] → logits (1, L, vocab)."""
         return self.language_model(self.get_input_embeddings(input_ids, pixel_values, pixel_attention_mask), cache)
-
-    def sensitive_paths(self) -> set[str]:
-        """The mixed recipes' high-bit layers, by the rule mlx-lm uses for Llamas: the
-        token embedding and head, and v_proj/down_proj in the first and last eighth of
-        the layers and in every third layer between."""
-        paths = {"language_model.embed_tokens"}
-        if "lm_head" in self.language_model:
-            paths.add("language_model.lm_head")
-        n = len(self.language_model.layers)
-        for i in range(n):
-            if i < n // 8 or i >= 7 * n // 8 or (i - n // 8) % 3 == 2:
-                paths |= {f"language_model.layers.{i}.self_attn.v_proj", f"language_model.layers.{i}.mlp.down_proj"}
-        return paths
 
     def sanitize(self, weights: dict) -> dict:
         """Map the Hugging Face layout (`model.vision_model.*`, `model.connector.*`,
