@@ -173,11 +173,8 @@ def generate(model, processor, prompt: str, images: list | None = None, *,
              sampling: SamplingOptions | None = None, image_options: ImageOptions | None = None,
              prompt_cache: PromptCache | None = None) -> str:
     """The whole generated text (see `stream_generate`)."""
-    sampling = (sampling or SamplingOptions()).updated(
-        max_tokens=max_tokens, temperature=temperature, top_p=top_p, min_p=min_p,
-        repetition_penalty=repetition_penalty, seed=seed)
-    image_options = (image_options or ImageOptions()).updated(
-        min_image_tokens=min_image_tokens, max_image_tokens=max_image_tokens, longest_edge=longest_edge,
-        do_image_splitting=do_image_splitting)
-    return "".join(r.text for r in stream_generate(model, processor, prompt, images, sampling=sampling,
-                                                   image_options=image_options, prompt_cache=prompt_cache))
+    return "".join(r.text for r in stream_generate(
+        model, processor, prompt, images, max_tokens=max_tokens, temperature=temperature, top_p=top_p, min_p=min_p,
+        repetition_penalty=repetition_penalty, seed=seed, min_image_tokens=min_image_tokens,
+        max_image_tokens=max_image_tokens, longest_edge=longest_edge, do_image_splitting=do_image_splitting,
+        sampling=sampling, image_options=image_options, prompt_cache=prompt_cache))
