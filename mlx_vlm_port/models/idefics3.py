@@ -9,11 +9,9 @@ maps the Hugging Face layout onto it.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from functools import lru_cache
 
 import mlx.core as mx
 import mlx.nn as nn
-import numpy as np
 
 from ..config import known_fields
 from . import llama
@@ -64,16 +62,16 @@ class ModelConfig:
         return cls(**fields)
 
 
-@lru_cache(maxsize=16)
-def position_ids(rows: int, cols: int, side: int) -> np.ndarray:
+def position_ids(rows: int, cols: int, side: int) -> mx.array:
     """The reference's fractional bucketing of a rows×cols patch grid onto the learned
     side×side table, float32 steps included (the identity when rows = cols = side)."""
-    boundaries = (np.float64(1 / side) + np.arange(side - 1) * np.float64(1 / side)).astype(np.float32)
-    limit = np.float32(1.0 - 1e-6)
+    # the boundaries in float64 (Python floats), then rounded to float32, as the reference
+    boundaries = mx.array([1 / side + i * (1 / side) for i in range(side - 1)], dtype=mx.float32)
+    limit = mx.array(1.0 - 1e-6, dtype=mx.float32)
 
-    def buckets(n: int) -> np.ndarray:
-        frac = np.arange(n, dtype=np.float32) * (np.float32(1.0) / np.float32(n))
-        return np.searchsorted(boundaries, np.minimum(frac, limit), side="right")
+    def buckets(n: int) -> mx.array:
+        frac = mx.arange(n, dtype=mx.float32) * (mx.array(1.0, mx.float32) / mx.array(n, mx.float32))
+        return (boundaries <= mx.minimum(frac, limit)[:, None]).sum(axis=-1)  # searchsorted(side="right")
 
     return (buckets(rows)[:, None] * side + buckets(cols)[None, :]).reshape(-1)
 
@@ -96,7 +94,7 @@ class VisionEmbeddings(nn.Module):
         x = x.transpose(0, 1, 3, 2, 4, 5).reshape(B, rows * cols, -1)
         w = self.patch_embedding.weight
         x = x @ w.reshape(w.shape[0], -1).T + self.patch_embedding.bias
-        return x + self.position_embedding(mx.array(position_ids(rows, cols, self.side)))
+        return x + self.position_embedding(position_ids(rows, cols, self.side))
 
 
 class VisionModel(nn.Module):
