@@ -17,16 +17,13 @@ The JSON line starts with "BENCH_JSON " so the peer's own printing is ignored.
 
 from __future__ import annotations
 
+import argparse
+import json
+import os
+import resource
+import sys
 import time
-
-T_START = time.perf_counter()
-
-import argparse  # noqa: E402
-import json  # noqa: E402
-import os  # noqa: E402
-import resource  # noqa: E402
-import sys  # noqa: E402
-from pathlib import Path  # noqa: E402
+from pathlib import Path
 
 PROMPT = "Describe this image."
 TAG = "BENCH_JSON "

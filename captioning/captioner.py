@@ -1,5 +1,6 @@
-"""One loaded model answering Jobs. Every call must come from the thread that
-loaded it (MLX streams are per thread)."""
+"""One loaded model answering Jobs, with the prompt cache that lets a follow-up
+question about the same image skip its vision work. Every call must come from
+the thread that loaded it (MLX streams are per thread)."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ class Captioner:
     def __init__(self, model: str | None = None):
         self.model_id = model or default_model()
         self.model = self.processor = None
+        self.prompt_cache = None  # the last image's prompt work, for follow-up questions about it
 
     def load(self) -> "Captioner":
         """Load the model once; Failure(MODEL) names the model and says why not."""
@@ -21,8 +23,10 @@ class Captioner:
             return self
         try:
             from mlx_vlm_port import load
+            from mlx_vlm_port.prompt_cache import PromptCache
 
             self.model, self.processor = load(self.model_id)
+            self.prompt_cache = PromptCache(max_entries=1)
         except Exception as e:  # ModelLoadError, and anything a broken checkpoint throws
             from mlx_vlm_port.load import ModelLoadError
 
@@ -49,11 +53,9 @@ class Captioner:
         from mlx_vlm_port import stream_generate
 
         self.load()
-        s, options = job.sampling, job.image_options(self.family)
-        yield from stream_generate(
-            self.model, self.processor, self.prompt(job.prompt, job.system), [image],
-            max_tokens=s.max_tokens, temperature=s.temperature, top_p=s.top_p, min_p=s.min_p,
-            repetition_penalty=s.repetition_penalty, seed=s.seed, **options.given())
+        yield from stream_generate(self.model, self.processor, self.prompt(job.prompt, job.system), [image],
+                                   sampling=job.sampling, image_options=job.image_options(self.family),
+                                   prompt_cache=self.prompt_cache)
 
     def run(self, image, job: Job, on_piece: Callable[[str], None],
             cancelled: Callable[[], bool] | None = None) -> Result:

@@ -91,6 +91,10 @@ class _Checked:
         """The options set (not None), by name."""
         return {k: v for k, v in dataclasses.asdict(self).items() if v is not None}
 
+    def updated(self, **values):
+        """These options with the values given (not None) in their place, checked."""
+        return dataclasses.replace(self, **{k: v for k, v in values.items() if v is not None})
+
 
 @dataclass(frozen=True)
 class SamplingOptions(_Checked):
@@ -142,4 +146,4 @@ class ImageOptions(_Checked):
 
     def merged(self, override: "ImageOptions") -> "ImageOptions":
         """These options with those set in `override` taking their place."""
-        return dataclasses.replace(self, **override.given())
+        return self.updated(**override.given())

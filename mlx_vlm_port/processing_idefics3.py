@@ -13,6 +13,7 @@ import numpy as np
 
 from .config import known_fields
 from .image import normalize_uint8, resize_uint8
+from .options import ImageOptions
 
 MAX_IMAGE_SIZE = 4096  # the reference's absolute cap on the resized image's edges
 RESAMPLE = {1: "lanczos", 2: "bilinear"}  # PIL's numbering, as in preprocessor_config.json
@@ -81,8 +82,6 @@ def tiled_size(height: int, width: int, tile: int) -> tuple[int, int]:
 class ImageProcessor:
     """One image → its placeholder text and (frames, H, W, 3) pixel values."""
 
-    FAMILY = "Idefics3 (SmolVLM)"
-    OPTIONS = ("longest_edge", "do_image_splitting")
     add_special_tokens = True  # the reference processor calls the tokenizer with its defaults
 
     def __init__(self, config: ImageConfig | None = None, image_token: str = "<image>"):
@@ -125,14 +124,13 @@ class ImageProcessor:
                        for r in range(rows))
         return f"{grid}\n{global_view}"
 
-    def expand(self, image: np.ndarray, *, longest_edge: int | None = None,
-               do_image_splitting: bool | None = None) -> tuple[str, dict[str, np.ndarray]]:
-        """One (H, W, 3) uint8 image → its placeholder text and pixel_values (V, H, W, 3)."""
+    def expand(self, image: np.ndarray, options: ImageOptions = ImageOptions()
+               ) -> tuple[str, dict[str, np.ndarray]]:
+        """One (H, W, 3) uint8 image → its placeholder text and pixel_values (V, H, W, 3);
+        None options take the config's value (ImageOptions checked longest_edge ≥ 1)."""
         c = self.config
-        if longest_edge is not None and longest_edge < 1:
-            raise ValueError(f"longest_edge must be a positive number of pixels, got {longest_edge}")
         frames, (rows, cols) = self.frames(
-            image, c.longest_edge if longest_edge is None else longest_edge,
-            c.do_image_splitting if do_image_splitting is None else do_image_splitting)
+            image, c.longest_edge if options.longest_edge is None else options.longest_edge,
+            c.do_image_splitting if options.do_image_splitting is None else options.do_image_splitting)
         pixels = np.stack([normalize_uint8(f, c.image_mean, c.image_std, c.rescale_factor) for f in frames])
         return self.placeholder(rows, cols), {"pixel_values": pixels}

@@ -4,6 +4,7 @@ equal transformers' Lfm2VlImageProcessor + Lfm2VlProcessor."""
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass
 
@@ -11,6 +12,7 @@ import numpy as np
 
 from .config import known_fields
 from .image import normalize_uint8, resize_uint8
+from .options import ImageOptions
 
 
 @dataclass
@@ -85,9 +87,6 @@ def grid_layout(height: int, width: int, min_tiles: int, max_tiles: int, tile_si
 class ImageProcessor:
     """One image → its placeholder text and (views, patches, …) arrays."""
 
-    FAMILY = "LFM2-VL"
-    OPTIONS = ("min_image_tokens", "max_image_tokens", "do_image_splitting", "min_tiles", "max_tiles",
-               "use_thumbnail")
     add_special_tokens = False  # the chat template already starts with <|startoftext|>
 
     def __init__(self, config: ImageConfig | None = None, image_token: str = "<image>"):
@@ -104,23 +103,29 @@ class ImageProcessor:
         return math.ceil((height // c.encoder_patch_size) / c.downsample_factor) * math.ceil(
             (width // c.encoder_patch_size) / c.downsample_factor)
 
-    def views(self, image: np.ndarray, *, min_image_tokens: int, max_image_tokens: int,
-              do_image_splitting: bool, min_tiles: int, max_tiles: int, use_thumbnail: bool):
-        """Resize/tile one (H, W, 3) uint8 image. Returns its views (uint8 arrays),
-        the (rows, cols) grid and the smart-resized (h, w) of the single view/thumbnail."""
+    def resolved(self, options: ImageOptions) -> ImageOptions:
+        """`options` with every one left None taken from the checkpoint's settings."""
+        unset = [n for n in ImageOptions.names_for("lfm2_vl") if getattr(options, n) is None]
+        return dataclasses.replace(options, **{n: getattr(self.config, n) for n in unset})
+
+    def views(self, image: np.ndarray, o: ImageOptions):
+        """Resize/tile one (H, W, 3) uint8 image by resolved options. Returns its views
+        (uint8 arrays), the (rows, cols) grid and the smart-resized (h, w) of the single
+        view/thumbnail."""
         c = self.config
         height, width = image.shape[:2]
-        if not do_image_splitting:
+        min_tiles, max_tiles = o.min_tiles, o.max_tiles
+        if not o.do_image_splitting:
             min_tiles = max_tiles = 1
         elif min_tiles > max_tiles:
             raise ValueError("min_tiles must be less than or equal to max_tiles")
-        size = smart_resize(height, width, c, min_image_tokens, max_image_tokens)
-        if _is_too_large(height, width, c, max_image_tokens) and not min_tiles == max_tiles == 1:
+        size = smart_resize(height, width, c, o.min_image_tokens, o.max_image_tokens)
+        if _is_too_large(height, width, c, o.max_image_tokens) and not min_tiles == max_tiles == 1:
             rows, cols = grid_layout(height, width, min_tiles, max_tiles, c.tile_size)
             t = c.tile_size
             big = resize_uint8(image, rows * t, cols * t)
             views = [big[r * t:(r + 1) * t, q * t:(q + 1) * t] for r in range(rows) for q in range(cols)]
-            if use_thumbnail and rows * cols != 1:
+            if o.use_thumbnail and rows * cols != 1:
                 views.append(resize_uint8(image, *size))
             return views, (rows, cols), size
         return [resize_uint8(image, *size)], (1, 1), size
@@ -154,25 +159,15 @@ class ImageProcessor:
         parts.append("<|image_end|>")
         return "".join(parts)
 
-    def expand(self, image: np.ndarray, *, min_image_tokens: int | None = None,
-               max_image_tokens: int | None = None, do_image_splitting: bool | None = None,
-               min_tiles: int | None = None, max_tiles: int | None = None,
-               use_thumbnail: bool | None = None) -> tuple[str, dict[str, np.ndarray]]:
+    def expand(self, image: np.ndarray, options: ImageOptions = ImageOptions()
+               ) -> tuple[str, dict[str, np.ndarray]]:
         """One (H, W, 3) uint8 image → its placeholder text and pixel_values (V, P, p·p·3),
         pixel_attention_mask (V, P), spatial_shapes (V, 2); None options take the config's value."""
-        c = self.config
-        opts = dict(
-            min_image_tokens=c.min_image_tokens if min_image_tokens is None else min_image_tokens,
-            max_image_tokens=c.max_image_tokens if max_image_tokens is None else max_image_tokens,
-            do_image_splitting=c.do_image_splitting if do_image_splitting is None else do_image_splitting,
-            min_tiles=c.min_tiles if min_tiles is None else min_tiles,
-            max_tiles=c.max_tiles if max_tiles is None else max_tiles,
-            use_thumbnail=c.use_thumbnail if use_thumbnail is None else use_thumbnail,
-        )
+        c, o = self.config, self.resolved(options)
         # Every view is padded to one length, the same for all images of a prompt.
-        tile_patches = (c.tile_size // c.encoder_patch_size) ** 2 if opts["do_image_splitting"] else 0
-        max_patches = max(opts["max_image_tokens"] * c.downsample_factor**2, tile_patches)
-        views, grid, size = self.views(image, **opts)
+        tile_patches = (c.tile_size // c.encoder_patch_size) ** 2 if o.do_image_splitting else 0
+        max_patches = max(o.max_image_tokens * c.downsample_factor**2, tile_patches)
+        views, grid, size = self.views(image, o)
         pixels, masks, shapes = [], [], []
         for view in views:
             patches, nh, nw = self.patchify(view, max_patches)
@@ -181,4 +176,4 @@ class ImageProcessor:
             pixels.append(patches), masks.append(mask), shapes.append((nh, nw))
         arrays = dict(pixel_values=np.stack(pixels), pixel_attention_mask=np.stack(masks),
                       spatial_shapes=np.array(shapes, np.int32))
-        return self.placeholder(grid, size, opts["use_thumbnail"]), arrays
+        return self.placeholder(grid, size, o.use_thumbnail), arrays

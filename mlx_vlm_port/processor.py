@@ -5,17 +5,15 @@ NumPy, PIL and `tokenizers` only; its numbers equal the reference processors'.""
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import numpy as np
 
-from . import processing_idefics3, processing_lfm2_vl
+from .checkpoint import Checkpoint
+from .families import Family
 from .image import load_image
+from .options import ImageOptions, UnsupportedOption
 
-# model_type (config.json) → the module with that family's ImageProcessor
-FAMILIES = {"lfm2_vl": processing_lfm2_vl, "idefics3": processing_idefics3}
-# preprocessor_config.json's image_processor_type, for folders without config.json
-IMAGE_PROCESSOR_TYPES = {"Lfm2VlImageProcessor": "lfm2_vl", "Idefics3ImageProcessor": "idefics3"}
+__all__ = ["Processor", "StreamingDetokenizer", "UnsupportedOption", "image_inputs"]
 
 
 def image_inputs(inputs: dict) -> dict:
@@ -25,28 +23,13 @@ def image_inputs(inputs: dict) -> dict:
     return {k: v for k, v in inputs.items() if k != "input_ids"}
 
 
-class UnsupportedOption(ValueError):
-    """An image option of the other family (e.g. max_image_tokens for a SmolVLM checkpoint)."""
-
-
-def model_type(path: Path) -> str:
-    """The family of a checkpoint folder, normalised (`lfm2-vl` → `lfm2_vl`)."""
-    kind = _read_json(path / "config.json").get("model_type")
-    if kind is None:
-        kind = IMAGE_PROCESSOR_TYPES.get(_read_json(path / "preprocessor_config.json").get("image_processor_type"))
-    kind = str(kind).replace("-", "_")
-    if kind not in FAMILIES:
-        raise ValueError(f"model_type {kind!r} is not supported; supported: {', '.join(FAMILIES)}")
-    return kind
-
-
 class Processor:
     """Chat template, `<image>` expansion, tokenizer and image processor of one checkpoint."""
 
-    def __init__(self, tokenizer, chat_template: str | None, image_processor,
+    def __init__(self, tokenizer, chat_template: str | None, image_processor, family: Family,
                  bos_token: str = "<|startoftext|>", eos_token: str = "<|im_end|>",
                  extra_eos_ids: tuple = ()):
-        self.tokenizer = tokenizer
+        self.tokenizer, self.family = tokenizer, family
         self.image_processor = image_processor
         self.chat_template = chat_template
         self.bos_token, self.eos_token = bos_token, eos_token
@@ -58,25 +41,28 @@ class Processor:
 
     @classmethod
     def from_pretrained(cls, path) -> "Processor":
+        return cls.from_checkpoint(Checkpoint.open(path))
+
+    @classmethod
+    def from_checkpoint(cls, checkpoint: Checkpoint) -> "Processor":
         from tokenizers import Tokenizer
 
-        path = Path(path)
-        tok_cfg = _read_json(path / "tokenizer_config.json")
+        path = checkpoint.path
+        tok_cfg = checkpoint.read_json("tokenizer_config.json")
         settings = {}
         for name in ("preprocessor_config.json", "processor_config.json"):
-            d = _read_json(path / name)
+            d = checkpoint.read_json(name)
             settings.update(d.get("image_processor", {}))
             settings.update(d)
         template = None
         if (path / "chat_template.jinja").exists():
             template = (path / "chat_template.jinja").read_text()
         elif (path / "chat_template.json").exists():
-            template = _read_json(path / "chat_template.json").get("chat_template")
+            template = checkpoint.read_json("chat_template.json").get("chat_template")
         template = template or tok_cfg.get("chat_template") or settings.get("chat_template")
-        eos = _read_json(path / "generation_config.json").get("eos_token_id")
-        image_processor = FAMILIES[model_type(path)].ImageProcessor.from_settings(
-            settings, _read_json(path / "config.json"))
-        return cls(Tokenizer.from_file(str(path / "tokenizer.json")), template, image_processor,
+        eos = checkpoint.read_json("generation_config.json").get("eos_token_id")
+        image_processor = checkpoint.family.image_processor().from_settings(settings, checkpoint.config)
+        return cls(Tokenizer.from_file(str(path / "tokenizer.json")), template, image_processor, checkpoint.family,
                    bos_token=_token_str(tok_cfg.get("bos_token"), "<|startoftext|>"),
                    eos_token=_token_str(tok_cfg.get("eos_token"), "<|im_end|>"),
                    extra_eos_ids=tuple(eos) if isinstance(eos, list) else (eos,) if isinstance(eos, int) else ())
@@ -103,21 +89,20 @@ class Processor:
                  max_image_tokens: int | None = None, do_image_splitting: bool | None = None,
                  min_tiles: int | None = None, max_tiles: int | None = None,
                  use_thumbnail: bool | None = None, longest_edge: int | None = None,
-                 return_numpy: bool = False) -> dict:
+                 image_options: ImageOptions | None = None, return_numpy: bool = False) -> dict:
         """Tokenise `text`, expanding each `<image>` for the matching image.
 
         Image options apply to one family: the token budget and tiling options to
-        LFM2-VL, `longest_edge` to Idefics3 (SmolVLM); `do_image_splitting` to both.
+        LFM2-VL, `longest_edge` to Idefics3 (SmolVLM); `do_image_splitting` to both
+        (options.ImageOptions; the keywords given win over `image_options`).
         Returns input_ids (1, L) and, with images, the family's image arrays
-        (pixel_values first; all views of all images along axis 0)."""
-        given = {k: v for k, v in dict(
-            min_image_tokens=min_image_tokens, max_image_tokens=max_image_tokens,
-            do_image_splitting=do_image_splitting, min_tiles=min_tiles, max_tiles=max_tiles,
-            use_thumbnail=use_thumbnail, longest_edge=longest_edge).items() if v is not None}
-        unknown = sorted(set(given) - set(self.image_processor.OPTIONS))
-        if unknown:
-            raise UnsupportedOption(f"{', '.join(unknown)} does not apply to {self.image_processor.FAMILY} "
-                                    f"checkpoints (their image options: {', '.join(self.image_processor.OPTIONS)})")
+        (pixel_values first; all views of all images along axis 0): NumPy arrays
+        with `return_numpy`, else MLX arrays."""
+        options = (image_options or ImageOptions()).updated(
+            min_image_tokens=min_image_tokens, max_image_tokens=max_image_tokens, min_tiles=min_tiles,
+            max_tiles=max_tiles, use_thumbnail=use_thumbnail, longest_edge=longest_edge,
+            do_image_splitting=do_image_splitting)
+        options.for_family(self.family.model_type, self.family.label)  # refuses the other family's
         images = list(images or [])
         pieces = text.split(self.image_token)
         if len(pieces) - 1 != len(images):
@@ -125,7 +110,7 @@ class Processor:
                              f"but {len(images)} images were given")
         expanded, arrays = [pieces[0]], []
         for image, piece in zip(images, pieces[1:]):
-            placeholder, image_arrays = self.image_processor.expand(np.asarray(load_image(image)), **given)
+            placeholder, image_arrays = self.image_processor.expand(np.asarray(load_image(image)), options)
             expanded += [placeholder, piece]
             arrays.append(image_arrays)
         encoding = self.tokenizer.encode("".join(expanded), add_special_tokens=self.image_processor.add_special_tokens)
@@ -164,10 +149,6 @@ class StreamingDetokenizer:
         text = self.processor.decode(self.tokens)
         piece, self.tokens, self.emitted = text[len(self.emitted):], [], ""
         return piece
-
-
-def _read_json(path: Path) -> dict:
-    return json.loads(path.read_text()) if path.exists() else {}
 
 
 def _token_str(value, default: str) -> str:

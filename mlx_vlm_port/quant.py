@@ -1,8 +1,8 @@
 """Which layers of a model get quantized, and how.
 
 Decided by module type (every `nn.Linear` and `nn.Embedding`) and by explicit
-module paths the model class lists (`KEEP_FLOAT`, `VISION_PREFIXES`,
-`sensitive_paths()`); never by substrings of names. Norms and conv kernels are
+module paths its family lists (families.py: `keep_float`, `vision_prefixes`,
+`sensitive_paths`); never by substrings of names. Norms and conv kernels are
 other module types, so they stay in float without being listed.
 """
 
@@ -15,15 +15,10 @@ import mlx.core as mx
 import mlx.nn as nn
 from mlx.utils import tree_map_with_path
 
+from .families import family
+
 # Mixed recipes: name → (bits of most layers, bits of the layers the model lists as sensitive).
 RECIPES = {f"mixed_{lo}_{hi}": (lo, hi) for lo in (4, 5, 6) for hi in (5, 6, 8) if lo < hi}
-
-
-def describe_quantization(qcfg: dict | None, has_scales: bool) -> str:
-    """A checkpoint's quantization in words, for messages: its config section, else its weights."""
-    if qcfg:
-        return f"{qcfg.get('bits')}-bit, group {qcfg.get('group_size')}"
-    return "its weights have quantization scales" if has_scales else "float"
 
 
 @dataclass(frozen=True)
@@ -89,15 +84,16 @@ def plan_quantization(model: nn.Module, *, bits: int | None, group_size: int = 6
     if bits is None:
         raise ValueError("give bits or a recipe")
     vision_bits = bits if vision_bits is None else vision_bits
+    rules = family(model.config.model_type)
     leaves = {path: m for path, m in model.named_modules()
-              if isinstance(m, (nn.Linear, nn.Embedding)) and path not in model.KEEP_FLOAT}
-    high_paths = model.sensitive_paths() if high is not None else set()
+              if isinstance(m, (nn.Linear, nn.Embedding)) and path not in rules.keep_float}
+    high_paths = rules.sensitive_paths(model) if high is not None else set()
     missing = high_paths - set(leaves)
     if missing:  # a recipe keyed on names the model does not have would silently do nothing
         raise ValueError(f"recipe {recipe}: the model has no layer(s) {', '.join(sorted(missing))}")
     layers = []
     for path in sorted(leaves):
-        vision = path.startswith(model.VISION_PREFIXES)
+        vision = path.startswith(rules.vision_prefixes)
         shape = _weight_shape(leaves[path])
         b = high if path in high_paths else (vision_bits if vision else bits)
         why = ""
@@ -106,7 +102,7 @@ def plan_quantization(model: nn.Module, *, bits: int | None, group_size: int = 6
         elif shape[1] % group_size:
             b, why = None, f"width {shape[1]} is not a multiple of the group size {group_size}"
         layers.append(LayerChoice(path, vision, shape, b, group_size, why))
-    return Plan(bits, group_size, layers, recipe, tuple(model.KEEP_FLOAT.values()))
+    return Plan(bits, group_size, layers, recipe, tuple(rules.keep_float.values()))
 
 
 def apply_plan(model: nn.Module, plan: Plan,

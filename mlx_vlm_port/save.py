@@ -9,7 +9,6 @@ so both this port's `load()` and `mlx_vlm.utils.load()` read the result.
 
 from __future__ import annotations
 
-import copy
 import json
 import shutil
 from pathlib import Path
@@ -18,11 +17,13 @@ import mlx.core as mx
 import mlx.nn as nn
 from mlx.utils import tree_flatten
 
+from .checkpoint import HUB_PATTERNS, INDEX, with_quantization
+from .families import family
+
 MAX_SHARD_BYTES = 5 << 30  # mlx-vlm's shard size
-INDEX = "model.safetensors.index.json"
 # Side files (tokenizer, processor, chat template, generation settings): the patterns
-# `load()` fetches from the hub, minus the files this module writes itself.
-SIDE_PATTERNS = ("*.json", "*.jinja", "*.txt", "*.model", "*.tiktoken")
+# `load()` fetches from the hub, minus the weights and the files this module writes itself.
+SIDE_PATTERNS = tuple(p for p in HUB_PATTERNS if p != "*.safetensors")
 NOT_COPIED = {"config.json", INDEX}
 
 
@@ -41,22 +42,10 @@ def shard(weights: dict[str, mx.array], max_bytes: int) -> list[dict[str, mx.arr
 
 
 def output_config(config: dict, quantization: dict | None) -> dict:
-    """The source config with our quantization section (or none)."""
-    out = copy.deepcopy(config)
-    for key in ("quantization", "quantization_config"):
-        out.pop(key, None)
-    if quantization is not None:
-        # mlx-vlm writes the same section under both keys ("support hf model tree").
-        out["quantization"] = copy.deepcopy(quantization)
-        out["quantization_config"] = copy.deepcopy(quantization)
-    text = out.get("text_config")
-    if isinstance(text, dict) and "block_dim" not in text and "hidden_size" in text and out.get("model_type") != "idefics3":
-        # mlx-vlm 0.7.10 sizes the LFM2 MLP from block_dim and assumes 1024 when it is absent.
-        text["block_dim"] = text["hidden_size"]
-    rope = text.get("rope_parameters") if isinstance(text, dict) else None
-    if isinstance(rope, dict) and "rope_theta" in rope and "rope_theta" not in text:
-        # mlx-vlm 0.7.10's Llama reads only the top-level rope_theta (and assumes 1e6 without it).
-        text["rope_theta"] = rope["rope_theta"]
+    """The source config with our quantization section (or none) and the fix-ups
+    its family needs for mlx-vlm to read it."""
+    out = with_quantization(config, quantization)
+    family(out.get("model_type")).fix_saved_config(out)
     return out
 
 

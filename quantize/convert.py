@@ -2,20 +2,19 @@
 
 from __future__ import annotations
 
-import json
 import sys
 from pathlib import Path
 from typing import TextIO
 
 import mlx.core as mx
 
-from mlx_vlm_port.load import ModelLoadError, load_model, resolve
-from mlx_vlm_port.quant import (RECIPES, Plan, apply_plan, dequantize_model, describe_quantization,
-                                 plan_quantization)
+from mlx_vlm_port.checkpoint import Checkpoint, ModelLoadError, describe_quantization
+from mlx_vlm_port.load import build_model
+from mlx_vlm_port.quant import RECIPES, Plan, apply_plan, dequantize_model, plan_quantization
 from mlx_vlm_port.save import save_checkpoint
 
 from .progress import Progress
-from .stats import Stats, checkpoint_stats, dominant_float_dtype, quantization_of, read_tensors
+from .stats import Stats, checkpoint_stats, dominant_float_dtype, read_tensors
 
 DTYPES = {"float32": mx.float32, "bfloat16": mx.bfloat16, "float16": mx.float16}
 STORED = {"F32": "float32", "BF16": "bfloat16", "F16": "float16", "F64": "float32"}
@@ -83,15 +82,13 @@ def convert(src: str, dst: str | Path, *, bits: int | None, group_size: int, vis
     log = log if log is not None else sys.stderr
     dst = Path(dst)
     try:
-        path = resolve(src)
+        checkpoint = Checkpoint.open(src)
+        tensors = read_tensors(checkpoint.path)
     except ModelLoadError as e:
         raise QuantizeError(str(e)) from None
-    try:
-        config = json.loads((path / "config.json").read_text())
-        tensors = read_tensors(path)
     except (OSError, ValueError, KeyError) as e:
         raise QuantizeError(f"{src}: cannot read the checkpoint's config.json / safetensors headers ({e})") from None
-    qcfg = quantization_of(config)
+    path, qcfg = checkpoint.path, checkpoint.quantization
     has_scales = any(name.endswith(".scales") for name in tensors)
     already = bool(qcfg) or has_scales
     if already and not requantize:
@@ -102,7 +99,7 @@ def convert(src: str, dst: str | Path, *, bits: int | None, group_size: int, vis
     stored = dominant_float_dtype(path)
     dtype = dtype or STORED.get(stored or "F32", "float32")
     try:
-        model = load_model(path, dtype=DTYPES[dtype])
+        model = build_model(checkpoint, dtype=DTYPES[dtype])
     except ModelLoadError as e:
         raise QuantizeError(str(e)) from None
     if already:
@@ -115,7 +112,7 @@ def convert(src: str, dst: str | Path, *, bits: int | None, group_size: int, vis
         raise QuantizeError(str(e)) from None
     apply_plan(model, plan, Progress(f"quantizing {len(plan.quantized)} layers", log))
     try:
-        files = save_checkpoint(model, config, path, dst, plan.config())
+        files = save_checkpoint(model, checkpoint.config, path, dst, plan.config())
     except OSError as e:
         raise QuantizeError(f"--out {dst}: cannot write ({e.strerror or e})") from None
     stats = checkpoint_stats(dst)

@@ -13,18 +13,18 @@ numbers up to float rounding, and far faster than MLX's CPU quantized kernel
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from pathlib import Path
 
 import mlx.core as mx
 
-from mlx_vlm_port.load import ModelLoadError, load, resolve
+from mlx_vlm_port.checkpoint import ModelLoadError, quantization_section, read_json, resolve
+from mlx_vlm_port.load import load
 from mlx_vlm_port.quant import dequantize_model
 
 from .evaluate import INPUTS, Comparison, compare, make_inputs, run_model
-from .stats import Stats, checkpoint_stats, quantization_of
+from .stats import Stats, checkpoint_stats
 
 COLUMNS = ["checkpoint", "quantization", "size (MiB)", "bits/weight", "KL mean", "KL p99", "top-1 agree",
            "greedy-{n} agree"]
@@ -32,7 +32,7 @@ COLUMNS = ["checkpoint", "quantization", "size (MiB)", "bits/weight", "KL mean",
 
 def describe(folder: Path, stats: Stats) -> str:
     """E.g. "LM 4/6-bit, vision 4-bit, g64" or "float (F32)"."""
-    qcfg = quantization_of(json.loads((folder / "config.json").read_text()))
+    qcfg = quantization_section(read_json(folder / "config.json"))
     if not stats.bits or qcfg is None:
         return "float"
     lm = sorted({b for p, b in stats.bits.items() if p.startswith("language_model.")})

@@ -11,8 +11,8 @@ import struct
 from dataclasses import dataclass
 from pathlib import Path
 
-DTYPE_BYTES = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2, "I64": 8, "I32": 4, "U32": 4,
-               "I16": 2, "U16": 2, "I8": 1, "U8": 1, "BOOL": 1}
+from mlx_vlm_port.checkpoint import layer_quantization, quantization_section, read_json, weight_files
+
 FLOAT_DTYPES = ("F32", "F16", "BF16", "F64")
 
 
@@ -38,34 +38,11 @@ def read_header(path: Path) -> dict[str, Tensor]:
             for name, info in header.items() if name != "__metadata__"}
 
 
-def weight_files(folder: Path) -> list[Path]:
-    index = folder / "model.safetensors.index.json"
-    if index.exists():
-        return [folder / f for f in sorted(set(json.loads(index.read_text())["weight_map"].values()))]
-    return sorted(folder.glob("*.safetensors"))
-
-
 def read_tensors(folder: Path) -> dict[str, Tensor]:
     tensors: dict[str, Tensor] = {}
     for f in weight_files(folder):
         tensors.update(read_header(f))
     return tensors
-
-
-def quantization_of(config: dict) -> dict | None:
-    q = config.get("quantization") or config.get("quantization_config")
-    return q if isinstance(q, dict) and "bits" in q else None
-
-
-def layer_params(qcfg: dict, path: str) -> dict:
-    """group_size/bits of one layer: its own entry (under its full path, or without the
-    `language_model.` prefix as mlx-lm writes them) over the section's defaults."""
-    out = {k: qcfg[k] for k in ("group_size", "bits") if k in qcfg}
-    for key in (path, path.removeprefix("language_model.")):
-        if isinstance(qcfg.get(key), dict):
-            out.update({k: v for k, v in qcfg[key].items() if k in ("group_size", "bits")})
-            break
-    return out
 
 
 @dataclass
@@ -88,8 +65,7 @@ class Stats:
 
 def checkpoint_stats(folder: str | Path) -> Stats:
     folder = Path(folder)
-    config = json.loads((folder / "config.json").read_text())
-    qcfg = quantization_of(config) or {}
+    qcfg = quantization_section(read_json(folder / "config.json")) or {}
     tensors = read_tensors(folder)
     params = qbytes = qparams = 0
     bits: dict[str, int] = {}
@@ -99,7 +75,7 @@ def checkpoint_stats(folder: str | Path) -> Stats:
             params += t.size
             continue
         if name.endswith(".weight"):  # packed: the scales say how many groups, the config how wide each is
-            p = layer_params(qcfg, layer)
+            p = layer_quantization(qcfg, layer)
             logical = t.shape[0] * tensors[f"{layer}.scales"].shape[-1] * p["group_size"]
             params += logical
             qparams += logical

@@ -83,6 +83,7 @@ def reference(folder: Path, family: str) -> None:
 def compare(folder: Path) -> int:
     from mlx_vlm_port import load  # first: it loads the optimised BLAS before MLX
     from mlx_vlm_port.generate import generate_tokens
+    from mlx_vlm_port.options import SamplingOptions
     from mlx_vlm_port.processor import image_inputs
 
     import mlx.core as mx
@@ -103,8 +104,10 @@ def compare(folder: Path) -> int:
         last = float(np.abs(np.asarray(logits[-1]) - ref[f"{name}/logits_last"]).max() / scale)
         mean = float(np.abs(np.asarray(logits.mean(0)) - ref[f"{name}/logits_mean"]).max() / scale)
         expected = ref[f"{name}/generated"].tolist()
-        ours = [t for t, _ in generate_tokens(model, x, max_tokens=len(expected), temperature=0.0, top_p=1.0,
-                                              min_p=0.0, repetition_penalty=1.0, eos_ids=processor.eos_token_ids)]
+        greedy = SamplingOptions(max_tokens=len(expected), temperature=0.0, top_p=1.0, min_p=0.0,
+                                 repetition_penalty=1.0)
+        host = processor(prompt, [synthetic_image(w, h, seed)], return_numpy=True)
+        ours = [t for t, _ in generate_tokens(model, host, greedy, eos_ids=processor.eos_token_ids)]
         agree = next((i for i, (a, b) in enumerate(zip(ours, expected)) if a != b), len(expected))
         tie = agree < len(expected) and ref[f"{name}/margins"][agree] < 1e-3
         ok = ids_ok and pix <= 1e-5 and last <= 1e-4 and mean <= 1e-4 and (agree == len(expected) or tie)

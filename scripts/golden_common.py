@@ -146,3 +146,82 @@ def print_summary(entries: list[dict], manifest_path: Path, views_key: str) -> N
             print(f"    error: {e['error'][:300]}")
     total += manifest_path.stat().st_size
     print(f"total golden size: {total / 1024:.1f} KB in {manifest_path.parent}")
+
+
+PROMPT_TEXT = "Describe this image."
+
+
+def img(w: int, h: int, seed: int, mode: str = "RGB") -> dict:
+    """A case's image spec (tests/images.py synthetic_image arguments)."""
+    return {"width": w, "height": h, "seed": seed, "mode": mode}
+
+
+def begin_case(case: dict, processor, torch, image_token_id: int, **call_kwargs):
+    """The case's images through the reference processor. Returns (images, inputs, out, info)
+    with the prompt, input ids and token counts recorded."""
+    from tests.images import synthetic_image
+
+    torch.manual_seed(0)
+    out: dict[str, np.ndarray] = {}
+    info: dict = {}
+    images = [synthetic_image(s["width"], s["height"], s["seed"], s["mode"]) for s in case["images"]]
+    prompt = processor.apply_chat_template(messages_for(len(images), PROMPT_TEXT), add_generation_prompt=True)
+    out["prompt"] = np.array(prompt)
+    inputs = processor(images=[images] if images else None, text=prompt, return_tensors="pt",
+                       **call_kwargs, **case["processor_kwargs"])
+    ids = inputs["input_ids"][0].numpy()
+    out["input_ids"] = ids.astype(np.int32)
+    info["num_tokens"] = int(ids.shape[0])
+    info["num_image_tokens"] = int((ids == image_token_id).sum())
+    return images, inputs, out, info
+
+
+def to_uint8(x: np.ndarray, info: dict, max_diff: float) -> np.ndarray:
+    """Pixel values normalised as (u - 127.5) / 127.5 → u (uint8), checking that u
+    gives x back within max_diff (recorded in info)."""
+    u = np.rint(x.astype(np.float64) * 127.5 + 127.5)
+    assert u.min() >= 0 and u.max() <= 255
+    u = np.ascontiguousarray(u.astype(np.uint8))
+    recon = (u.astype(np.float32) - np.float32(127.5)) / np.float32(127.5)
+    diff = float(np.abs(recon - x).max())
+    info["pixel_reconstruction_max_abs_diff"] = diff
+    assert diff < max_diff, diff
+    return u
+
+
+def case_entry(case: dict, rng_seed: int, *keys: str) -> dict:
+    """A manifest entry's base: the case's name, inputs, checkpoint and `keys`, and its seed."""
+    return {"name": case["name"], "file": None, "checkpoint": case["checkpoint"],
+            **{k: case[k] for k in keys}, "images": case["images"],
+            "messages": messages_for(len(case["images"]), PROMPT_TEXT),
+            "processor_kwargs": case["processor_kwargs"], "sample_seed": rng_seed}
+
+
+def drive(argv, *, doc: str, default_out: Path, tmp_prefix: str, setup, cases: list[dict], run,
+          seed_base: int, entry_keys: tuple[str, ...], manifest, views_key: str) -> None:
+    """A golden script's main: parse --out/--only, start the reference, `setup(tmp, torch)`
+    the checkpoints (→ state), `run(case, state, torch, rng_seed)` every case, write
+    `manifest(state, versions)` + the cases to manifest.json, print the summary."""
+    import argparse
+    import shutil
+    import tempfile
+
+    ap = argparse.ArgumentParser(description=doc.split("\n")[0])
+    ap.add_argument("--out", default=str(default_out))
+    ap.add_argument("--only", nargs="*", help="case names to (re)generate")
+    args = ap.parse_args(argv)
+
+    torch, versions = start_reference()
+    out_dir = Path(args.out)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=tmp_prefix))
+    manifest_path = out_dir / "manifest.json"
+    try:
+        state = setup(tmp, torch)
+        entries = run_cases(cases, lambda case, seed: run(case, state, torch, seed), out_dir, args.only,
+                            seed_base, lambda case, seed: case_entry(case, seed, *entry_keys))
+        manifest_path.write_text(json.dumps({**manifest(state, versions), "prompt_text": PROMPT_TEXT,
+                                             "cases": entries}, indent=1) + "\n")
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    print_summary(entries, manifest_path, views_key)

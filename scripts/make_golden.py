@@ -37,11 +37,7 @@ A case whose reference call raised stores no .npz; the manifest has the error.
 
 from __future__ import annotations
 
-import argparse
-import json
-import shutil
 import sys
-import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -49,13 +45,9 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from scripts.golden_common import (MAX_NEW_TOKENS, REFERENCE_SETTINGS, load_reference,  # noqa: E402
-                                   logits_and_greedy, messages_for, print_summary, run_cases,
-                                   start_reference, store_pixels)
-from tests.images import synthetic_image  # noqa: E402
+from scripts.golden_common import (MAX_NEW_TOKENS, REFERENCE_SETTINGS, begin_case, drive, img,  # noqa: E402
+                                   load_reference, logits_and_greedy, store_pixels, to_uint8)
 from tests.tiny_checkpoint import make_tiny_checkpoint  # noqa: E402
-
-PROMPT_TEXT = "Describe this image."
 
 CHECKPOINTS = {
     "default": {"seed": 0, "projector_use_layernorm": True, "tie": True},
@@ -63,10 +55,6 @@ CHECKPOINTS = {
 }
 
 STAGE_CASES = {"rgb_512x512", "rgb_300x200", "rgb_1920x1080"}
-
-
-def _img(w, h, seed, mode="RGB"):
-    return {"width": w, "height": h, "seed": seed, "mode": mode}
 
 
 def build_cases() -> list[dict]:
@@ -77,38 +65,38 @@ def build_cases() -> list[dict]:
         (2000, 700), (768, 768),
     ]
     for i, (w, h) in enumerate(sizes):
-        cases.append({"name": f"rgb_{w}x{h}", "images": [_img(w, h, 10 + i)]})
+        cases.append({"name": f"rgb_{w}x{h}", "images": [img(w, h, 10 + i)]})
     for j, mode in enumerate(["RGBA", "L", "P"]):
-        cases.append({"name": f"{mode.lower()}_333x222", "images": [_img(333, 222, 40 + j, mode)]})
+        cases.append({"name": f"{mode.lower()}_333x222", "images": [img(333, 222, 40 + j, mode)]})
     # what the reference does with those modes when asked to convert to RGB
     for j, mode in enumerate(["RGBA", "L", "P"]):
         cases.append(
             {
                 "name": f"{mode.lower()}_333x222_convert_rgb",
-                "images": [_img(333, 222, 40 + j, mode)],
+                "images": [img(333, 222, 40 + j, mode)],
                 "processor_kwargs": {"do_convert_rgb": True},
             }
         )
     cases.append(
         {
             "name": "rgb_1920x1080_nosplit",
-            "images": [_img(1920, 1080, 15)],
+            "images": [img(1920, 1080, 15)],
             "processor_kwargs": {"do_image_splitting": False},
         }
     )
     cases.append(
         {
             "name": "rgb_1000x800_tokens16to64",
-            "images": [_img(1000, 800, 50)],
+            "images": [img(1000, 800, 50)],
             "processor_kwargs": {"max_image_tokens": 64, "min_image_tokens": 16},
         }
     )
     cases.append({"name": "text_only", "images": []})
-    cases.append({"name": "two_images", "images": [_img(640, 480, 60), _img(300, 200, 61)]})
+    cases.append({"name": "two_images", "images": [img(640, 480, 60), img(300, 200, 61)]})
     cases.append(
         {
             "name": "nolayernorm_untied_640x480",
-            "images": [_img(640, 480, 17)],
+            "images": [img(640, 480, 17)],
             "checkpoint": "nolayernorm_untied",
         }
     )
@@ -118,22 +106,9 @@ def build_cases() -> list[dict]:
     return cases
 
 
-def run_case(case, model, processor, torch, rng_seed):
-    torch.manual_seed(0)
-    out: dict[str, np.ndarray] = {}
-    info: dict = {}
-    images = [synthetic_image(s["width"], s["height"], s["seed"], s["mode"]) for s in case["images"]]
-    prompt = processor.apply_chat_template(messages_for(len(images), PROMPT_TEXT), add_generation_prompt=True)
-    out["prompt"] = np.array(prompt)
-    kwargs = dict(case["processor_kwargs"])
-    inputs = processor(
-        images=[images] if images else None, text=prompt, return_tensors="pt", **kwargs
-    )
-    ids = inputs["input_ids"][0].numpy()
-    out["input_ids"] = ids.astype(np.int32)
-    info["num_tokens"] = int(ids.shape[0])
-    info["num_image_tokens"] = int((ids == 396).sum())
-
+def run_case(case, state, torch, rng_seed):
+    model, processor = state[case["checkpoint"]]
+    images, inputs, out, info = begin_case(case, processor, torch, 396)
     if images:
         pv = inputs["pixel_values"].numpy()
         mask = inputs["pixel_attention_mask"].numpy()
@@ -146,14 +121,9 @@ def run_case(case, model, processor, torch, rng_seed):
             assert (mask[v, :L] == 1).all() and (mask[v, L:] == 0).all(), "mask is not a prefix"
             assert (pv[v, L:] == 0).all(), "padded pixel values are not zero"
         unpadded = np.concatenate([pv[v, : int(lengths[v])] for v in range(V)], axis=0)
-        u = np.rint(unpadded.astype(np.float64) * 127.5 + 127.5)
-        assert u.min() >= 0 and u.max() <= 255
-        u = u.astype(np.uint8)
+        u = to_uint8(unpadded, info, 1e-6)
         recon = (u.astype(np.float32) - np.float32(127.5)) / np.float32(127.5)
-        maxdiff = float(np.abs(recon - unpadded).max())
-        info["pixel_reconstruction_max_abs_diff"] = maxdiff
         info["pixel_reconstruction_bit_exact"] = bool((recon == unpadded).all())
-        assert maxdiff < 1e-6, maxdiff
         out["spatial_shapes"] = ss.astype(np.int32)
         out["view_lengths"] = lengths.astype(np.int32)
         out["padded_length"] = np.array(P, dtype=np.int32)
@@ -188,56 +158,34 @@ def run_case(case, model, processor, torch, rng_seed):
     return out, info
 
 
-def main(argv=None):
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--out", default=str(ROOT / "tests" / "golden"))
-    ap.add_argument("--only", nargs="*", help="case names to (re)generate")
-    args = ap.parse_args(argv)
-
-    torch, versions = start_reference()
+def setup(tmp: Path, torch) -> dict:
+    """checkpoint name → (reference model, reference processor)."""
     from transformers import AutoProcessor, Lfm2VlForConditionalGeneration
 
-    out_dir = Path(args.out)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix="tiny_lfm2vl_"))
-    models, processors = {}, {}
-    try:
-        for name, ck in CHECKPOINTS.items():
-            path = make_tiny_checkpoint(tmp / name, **ck)
-            models[name] = load_reference(Lfm2VlForConditionalGeneration, path, torch)
-            processors[name] = AutoProcessor.from_pretrained(path)
+    state = {}
+    for name, ck in CHECKPOINTS.items():
+        path = make_tiny_checkpoint(tmp / name, **ck)
+        state[name] = (load_reference(Lfm2VlForConditionalGeneration, path, torch), AutoProcessor.from_pretrained(path))
+    return state
 
-        entries = run_cases(
-            build_cases(), lambda case, seed: run_case(case, models[case["checkpoint"]],
-                                                       processors[case["checkpoint"]], torch, seed),
-            out_dir, args.only, 1000,
-            lambda case, seed: {"name": case["name"], "file": None, "images": case["images"],
-                                "messages": messages_for(len(case["images"]), PROMPT_TEXT),
-                                "processor_kwargs": case["processor_kwargs"], "checkpoint": case["checkpoint"],
-                                "sample_seed": seed})
-        manifest_path = out_dir / "manifest.json"
-        manifest = {
-            "description": "Reference outputs of tiny random LFM2-VL checkpoints; see scripts/make_golden.py",
-            "regenerate": "/work/refvenv/bin/python scripts/make_golden.py",
-            "versions": versions,
-            "reference_settings": {
-                **REFERENCE_SETTINGS,
-                "generate": {"max_new_tokens": MAX_NEW_TOKENS, "do_sample": False},
-            },
-            "checkpoints": {
-                k: {"make_tiny_checkpoint_kwargs": v} for k, v in CHECKPOINTS.items()
-            },
-            "pixel_encoding": "pixel_values[v, :L_v] == (u - 127.5) / 127.5 (float32), u uint8; "
-            "padding rows are 0 and masked out",
-            "prompt_text": PROMPT_TEXT,
-            "stage_cases": sorted(STAGE_CASES),
-            "cases": entries,
-        }
-        manifest_path.write_text(json.dumps(manifest, indent=1) + "\n")
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
 
-    print_summary(entries, manifest_path, "num_views")
+def manifest(state: dict, versions: dict) -> dict:
+    return {
+        "description": "Reference outputs of tiny random LFM2-VL checkpoints; see scripts/make_golden.py",
+        "regenerate": "/work/refvenv/bin/python scripts/make_golden.py",
+        "versions": versions,
+        "reference_settings": {**REFERENCE_SETTINGS, "generate": {"max_new_tokens": MAX_NEW_TOKENS, "do_sample": False}},
+        "checkpoints": {k: {"make_tiny_checkpoint_kwargs": v} for k, v in CHECKPOINTS.items()},
+        "pixel_encoding": "pixel_values[v, :L_v] == (u - 127.5) / 127.5 (float32), u uint8; "
+        "padding rows are 0 and masked out",
+        "stage_cases": sorted(STAGE_CASES),
+    }
+
+
+def main(argv=None):
+    drive(argv, doc=__doc__, default_out=ROOT / "tests" / "golden", tmp_prefix="tiny_lfm2vl_", setup=setup,
+          cases=build_cases(), run=run_case, seed_base=1000, entry_keys=(), manifest=manifest,
+          views_key="num_views")
 
 
 if __name__ == "__main__":

@@ -42,11 +42,7 @@ stores no .npz; the manifest has the error.
 
 from __future__ import annotations
 
-import argparse
-import json
-import shutil
 import sys
-import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -54,13 +50,9 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from scripts.golden_common import (MAX_NEW_TOKENS, REFERENCE_SETTINGS, load_reference,  # noqa: E402
-                                   logits_and_greedy, messages_for, print_summary, run_cases,
-                                   start_reference, store_pixels)
-from tests.images import synthetic_image  # noqa: E402
+from scripts.golden_common import (MAX_NEW_TOKENS, REFERENCE_SETTINGS, begin_case, drive, img,  # noqa: E402
+                                   load_reference, logits_and_greedy, store_pixels, to_uint8)
 from tests.tiny_idefics3 import IMAGE_TOKEN_ID, make_tiny_idefics3_checkpoint  # noqa: E402
-
-PROMPT_TEXT = "Describe this image."
 
 CHECKPOINTS = {
     "default": {"seed": 0, "tie": False},
@@ -79,26 +71,22 @@ MODEL_CHECKPOINTS = {"default", "tied_scale4"}
 STAGE_CASES = {"rgb_64x64", "rgb_640x480"}
 
 
-def _img(w, h, seed, mode="RGB"):
-    return {"width": w, "height": h, "seed": seed, "mode": mode}
-
-
 def build_cases() -> list[dict]:
     cases = []
     sizes = [(64, 64), (1, 1), (100, 5000), (5000, 100), (640, 480), (1920, 1080), (257, 255), (4000, 1)]
     for i, (w, h) in enumerate(sizes):
-        cases.append({"name": f"rgb_{w}x{h}", "images": [_img(w, h, 10 + i)]})
+        cases.append({"name": f"rgb_{w}x{h}", "images": [img(w, h, 10 + i)]})
     for j, mode in enumerate(["RGBA", "P"]):
-        cases.append({"name": f"{mode.lower()}_333x222", "images": [_img(333, 222, 40 + j, mode)]})
-    cases.append({"name": "rgb_1024x1024_nosplit", "images": [_img(1024, 1024, 50)],
+        cases.append({"name": f"{mode.lower()}_333x222", "images": [img(333, 222, 40 + j, mode)]})
+    cases.append({"name": "rgb_1024x1024_nosplit", "images": [img(1024, 1024, 50)],
                   "processor_kwargs": {"do_image_splitting": False}})
-    cases.append({"name": "rgb_800x600_longest128", "images": [_img(800, 600, 51)],
+    cases.append({"name": "rgb_800x600_longest128", "images": [img(800, 600, 51)],
                   "processor_kwargs": {"size": {"longest_edge": 128}}})
-    cases.append({"name": "two_images", "images": [_img(640, 480, 60), _img(100, 300, 61)]})
+    cases.append({"name": "two_images", "images": [img(640, 480, 60), img(100, 300, 61)]})
     cases.append({"name": "text_only", "images": []})
-    cases.append({"name": "tied_scale4_640x480", "images": [_img(640, 480, 17)], "checkpoint": "tied_scale4"})
+    cases.append({"name": "tied_scale4_640x480", "images": [img(640, 480, 17)], "checkpoint": "tied_scale4"})
     for k, (w, h) in enumerate([(1920, 1080), (300, 200), (512, 512)]):
-        cases.append({"name": f"smolvlm_geometry_{w}x{h}", "images": [_img(w, h, 70 + k)],
+        cases.append({"name": f"smolvlm_geometry_{w}x{h}", "images": [img(w, h, 70 + k)],
                       "checkpoint": "smolvlm_geometry", "processor_only": True})
     for c in cases:
         c.setdefault("processor_kwargs", {})
@@ -107,22 +95,13 @@ def build_cases() -> list[dict]:
     return cases
 
 
-def run_case(case, model, processor, tok_path, torch, rng_seed):
+def run_case(case, state, torch, rng_seed):
     from tokenizers import Tokenizer
 
-    torch.manual_seed(0)
-    out: dict[str, np.ndarray] = {}
-    info: dict = {}
-    images = [synthetic_image(s["width"], s["height"], s["seed"], s["mode"]) for s in case["images"]]
-    prompt = processor.apply_chat_template(messages_for(len(images), PROMPT_TEXT), add_generation_prompt=True)
-    out["prompt"] = np.array(prompt)
+    model, processor, tok_path = state[case["checkpoint"]]
     kwargs = dict(case["processor_kwargs"])
-    inputs = processor(images=[images] if images else None, text=prompt, return_tensors="pt",
-                       do_convert_rgb=True, **kwargs)
-    ids = inputs["input_ids"][0].numpy()
-    out["input_ids"] = ids.astype(np.int32)
-    info["num_tokens"] = int(ids.shape[0])
-    info["num_image_tokens"] = int((ids == IMAGE_TOKEN_ID).sum())
+    images, inputs, out, info = begin_case(case, processor, torch, IMAGE_TOKEN_ID, do_convert_rgb=True)
+    ids = out["input_ids"]
     # the plain `tokenizers` library with its defaults gives the same ids
     expanded = processor.tokenizer.decode(ids.tolist(), skip_special_tokens=False)
     assert Tokenizer.from_file(str(tok_path)).encode(expanded).ids == ids.tolist(), "tokenizers disagrees"
@@ -134,14 +113,7 @@ def run_case(case, model, processor, tok_path, torch, rng_seed):
         pv = inputs["pixel_values"].numpy()  # (1, N, 3, H, W)
         mask = inputs["pixel_attention_mask"].numpy()  # (1, N, H, W)
         _, N, C, H, W = pv.shape
-        chw = pv[0].transpose(0, 2, 3, 1)  # (N, H, W, 3)
-        u = np.rint(chw.astype(np.float64) * 127.5 + 127.5)
-        assert u.min() >= 0 and u.max() <= 255
-        u = np.ascontiguousarray(u.astype(np.uint8))
-        recon = (u.astype(np.float32) - np.float32(127.5)) / np.float32(127.5)
-        maxdiff = float(np.abs(recon - chw).max())
-        info["pixel_reconstruction_max_abs_diff"] = maxdiff
-        assert maxdiff < 1e-5, maxdiff
+        u = to_uint8(pv[0].transpose(0, 2, 3, 1), info, 1e-5)  # (N, H, W, 3)
         out["n_frames"] = np.array(N, dtype=np.int32)
         out["frame_size"] = np.array([H, W], dtype=np.int32)
         out["pixel_mask_all_ones"] = np.array(bool((mask == 1).all()))
@@ -184,72 +156,50 @@ def run_case(case, model, processor, tok_path, torch, rng_seed):
     return out, info
 
 
-def main(argv=None):
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--out", default=str(ROOT / "tests" / "golden" / "idefics3"))
-    ap.add_argument("--only", nargs="*", help="case names to (re)generate")
-    args = ap.parse_args(argv)
-
-    torch, versions = start_reference()
+def setup(tmp: Path, torch) -> dict:
+    """checkpoint name → (reference model or None for processor-only ones, reference
+    processor, tokenizer.json path)."""
     from transformers import AutoProcessor, Idefics3ForConditionalGeneration
 
-    out_dir = Path(args.out)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix="tiny_idefics3_"))
-    models, processors, paths, seq_lens = {}, {}, {}, {}
-    try:
-        for name, ck in CHECKPOINTS.items():
-            path = make_tiny_idefics3_checkpoint(tmp / name, **ck)
-            paths[name] = path
-            processors[name] = AutoProcessor.from_pretrained(path)
-            seq_lens[name] = processors[name].image_seq_len
-            if name not in MODEL_CHECKPOINTS:
-                models[name] = None
-                continue
+    state = {}
+    for name, ck in CHECKPOINTS.items():
+        path = make_tiny_idefics3_checkpoint(tmp / name, **ck)
+        model = None
+        if name in MODEL_CHECKPOINTS:
             model = load_reference(Idefics3ForConditionalGeneration, path, torch)
-            # greedy for exactly MAX_NEW_TOKENS: never stop on EOS
-            model.generation_config.eos_token_id = None
-            models[name] = model
+            model.generation_config.eos_token_id = None  # greedy for exactly MAX_NEW_TOKENS: never stop on EOS
+        state[name] = (model, AutoProcessor.from_pretrained(path), path / "tokenizer.json")
+    return state
 
-        def entry(case, seed):
-            return {"name": case["name"], "file": None, "checkpoint": case["checkpoint"],
-                    "processor_only": case["processor_only"], "images": case["images"],
-                    "messages": messages_for(len(case["images"]), PROMPT_TEXT),
-                    "processor_kwargs": case["processor_kwargs"], "sample_seed": seed}
 
-        entries = run_cases(
-            build_cases(), lambda case, seed: run_case(case, models[case["checkpoint"]], processors[case["checkpoint"]],
-                                                       paths[case["checkpoint"]] / "tokenizer.json", torch, seed),
-            out_dir, args.only, 2000, entry)
-        manifest_path = out_dir / "manifest.json"
-        manifest = {
-            "description": "Reference outputs of tiny random SmolVLM (Idefics3) checkpoints; "
-            "see scripts/make_golden_idefics3.py",
-            "regenerate": "/work/refvenv/bin/python scripts/make_golden_idefics3.py",
-            "versions": versions,
-            "reference_settings": {
-                **REFERENCE_SETTINGS,
-                "processor_call": "processor(images=[images] or None, text=prompt, return_tensors='pt', "
-                "do_convert_rgb=True, **processor_kwargs)",
-                "image_processor_class": type(processors["default"].image_processor).__name__,
-                "generate": {"max_new_tokens": MAX_NEW_TOKENS, "do_sample": False, "eos_token_id": None},
-            },
-            "checkpoints": {
-                k: {"make_tiny_idefics3_checkpoint_kwargs": v, "image_seq_len": seq_lens[k],
-                    "model_outputs": k in MODEL_CHECKPOINTS}
-                for k, v in CHECKPOINTS.items()
-            },
-            "pixel_encoding": "pixel_values[0] == ((u - 127.5) / 127.5).transpose(0, 3, 1, 2) (float32), "
-            "u uint8 (n_frames, H, W, 3)",
-            "prompt_text": PROMPT_TEXT,
-            "stage_cases": sorted(STAGE_CASES),
-            "cases": entries,
-        }
-        manifest_path.write_text(json.dumps(manifest, indent=1) + "\n")
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+def manifest(state: dict, versions: dict) -> dict:
+    return {
+        "description": "Reference outputs of tiny random SmolVLM (Idefics3) checkpoints; "
+        "see scripts/make_golden_idefics3.py",
+        "regenerate": "/work/refvenv/bin/python scripts/make_golden_idefics3.py",
+        "versions": versions,
+        "reference_settings": {
+            **REFERENCE_SETTINGS,
+            "processor_call": "processor(images=[images] or None, text=prompt, return_tensors='pt', "
+            "do_convert_rgb=True, **processor_kwargs)",
+            "image_processor_class": type(state["default"][1].image_processor).__name__,
+            "generate": {"max_new_tokens": MAX_NEW_TOKENS, "do_sample": False, "eos_token_id": None},
+        },
+        "checkpoints": {
+            k: {"make_tiny_idefics3_checkpoint_kwargs": v, "image_seq_len": state[k][1].image_seq_len,
+                "model_outputs": k in MODEL_CHECKPOINTS}
+            for k, v in CHECKPOINTS.items()
+        },
+        "pixel_encoding": "pixel_values[0] == ((u - 127.5) / 127.5).transpose(0, 3, 1, 2) (float32), "
+        "u uint8 (n_frames, H, W, 3)",
+        "stage_cases": sorted(STAGE_CASES),
+    }
 
-    print_summary(entries, manifest_path, "n_frames")
+
+def main(argv=None):
+    drive(argv, doc=__doc__, default_out=ROOT / "tests" / "golden" / "idefics3", tmp_prefix="tiny_idefics3_",
+          setup=setup, cases=build_cases(), run=run_case, seed_base=2000, entry_keys=("processor_only",),
+          manifest=manifest, views_key="n_frames")
 
 
 if __name__ == "__main__":

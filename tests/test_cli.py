@@ -154,14 +154,8 @@ def test_no_torch_or_transformers_when_captioning(photos, tiny_path):
     assert not {m for m in modules if m.split(".")[0] in ("torch", "transformers")}
 
 
-def test_streams_to_a_terminal(photos, tiny_path):
-    piped = cli(photos / "a.jpg", "--model", tiny_path, *FAST)
-    leader, follower = pty.openpty()
-    environ = {k: v for k, v in os.environ.items() if k != "MLX_VLM_PORT_MODEL"}
-    proc = subprocess.Popen([sys.executable, "-m", "app.caption", str(photos / "a.jpg"), "--model",
-                             str(tiny_path), *FAST], cwd=ROOT, stdout=follower, stderr=subprocess.PIPE,
-                            stdin=subprocess.DEVNULL, env=environ)
-    os.close(follower)
+def read_until_closed(leader: int) -> bytes:
+    """Everything a child writes to its terminal until it closes it."""
     chunks = []
     while True:
         try:
@@ -171,10 +165,22 @@ def test_streams_to_a_terminal(photos, tiny_path):
         if not chunk:
             break
         chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def test_streams_to_a_terminal(photos, tiny_path):
+    piped = cli(photos / "a.jpg", "--model", tiny_path, *FAST)
+    leader, follower = pty.openpty()
+    environ = {k: v for k, v in os.environ.items() if k != "MLX_VLM_PORT_MODEL"}
+    proc = subprocess.Popen([sys.executable, "-m", "app.caption", str(photos / "a.jpg"), "--model",
+                             str(tiny_path), *FAST], cwd=ROOT, stdout=follower, stderr=subprocess.PIPE,
+                            stdin=subprocess.DEVNULL, env=environ)
+    os.close(follower)
+    shown = read_until_closed(leader)
     os.close(leader)
     assert proc.wait(timeout=60) == 0
     assert proc.stderr.read() == b""
-    assert b"".join(chunks).replace(b"\r\n", b"\n") == piped.stdout
+    assert shown.replace(b"\r\n", b"\n") == piped.stdout
 
 
 def wait_until_reading_stdin(pid: int, limit: float = 30.0) -> None:

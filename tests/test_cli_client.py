@@ -27,6 +27,7 @@ from captioning import client, protocol
 from captioning.errors import Failure
 from captioning.job import DEFAULT_PROMPT, DETECT_PROMPT, Job
 from mlx_vlm_port.options import ImageOptions, SamplingOptions
+from tests.test_cli import read_until_closed
 
 ROOT = Path(__file__).resolve().parents[1]
 DETECT_ANSWER = "Here you go:\n```json\n[{'label': 'cat', 'bbox': [0.1, 0.2, 0.5, 0.6]},]\n```"
@@ -246,14 +247,7 @@ def test_pieces_reach_a_terminal_before_the_answer_ends(runtime, grey_png):
                 shown += os.read(leader, 4096)
         streamed = b"A grey" in shown
         gate.set()
-        while True:
-            try:
-                chunk = os.read(leader, 4096)
-            except OSError:  # EIO: the child closed the terminal
-                break
-            if not chunk:
-                break
-            shown += chunk
+        shown += read_until_closed(leader)
         assert proc.wait(timeout=60) == 0
         assert streamed, "nothing was shown before the service sent the rest"
         assert shown.replace(b"\r\n", b"\n") == b"A grey square.\n"

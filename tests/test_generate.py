@@ -106,28 +106,29 @@ def test_seeded_sampling_is_reproducible(tiny, prompt_and_image):
 def test_follow_up_on_the_same_image_reuses_its_work(tiny, monkeypatch):
     """A second question about the same image skips the vision tower and gives
     the same tokens as a fresh run."""
-    from mlx_vlm_port import prompt_cache
+    from mlx_vlm_port import PromptCache
 
     model, processor = tiny
     image = synthetic_image(400, 300, seed=9)
+    cache = PromptCache()
 
-    def ask(question):
+    def ask(question, prompt_cache):
         prompt = processor.apply_chat_template(
             [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": question}]}])
         return [r.token for r in stream_generate(model, processor, prompt, [image], max_tokens=6,
-                                                 temperature=0.0, ignore_eos=True)]
+                                                 temperature=0.0, ignore_eos=True, prompt_cache=prompt_cache)]
 
-    prompt_cache.forget()
-    ask("Describe this image.")
+    ask("Describe this image.", cache)
     calls = []
     tower = model.vision_tower.__call__
     monkeypatch.setattr(type(model.vision_tower), "__call__",
                         lambda self, *a, **k: calls.append(1) or tower(*a, **k))
-    reused = ask("What colour is it?")
+    reused = ask("What colour is it?", cache)
     assert calls == []
-    prompt_cache.forget()
-    assert ask("What colour is it?") == reused and calls == [1]
+    cache.clear()
+    assert ask("What colour is it?", cache) == reused and calls == [1]
+    assert ask("What colour is it?", None) == reused and calls == [1, 1]  # no cache: no reuse, same tokens
     other = synthetic_image(400, 300, seed=10)  # same size and ids, other pixels: no reuse
     prompt = processor.apply_chat_template(MESSAGES)
-    list(stream_generate(model, processor, prompt, [other], max_tokens=1))
-    assert len(calls) == 2
+    list(stream_generate(model, processor, prompt, [other], max_tokens=1, prompt_cache=cache))
+    assert len(calls) == 3 and len(cache) == 1  # bounded: the other image's work replaced the first

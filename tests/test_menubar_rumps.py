@@ -28,6 +28,7 @@ import types
 
 import pytest
 
+from captioning.captioner import Captioner
 from menubar import BUNDLE_ID
 
 
@@ -332,13 +333,13 @@ def test_quit_while_a_model_loads_leaves_without_waiting(mac, monkeypatch, tiny_
 
     release = threading.Event()
 
-    class Stuck:
-        def __init__(self, model):
-            pass
-
+    class Stuck(Captioner):
         def load(self):
             release.wait(30)  # one long MLX call
             return self
+
+        def stream(self, image, job):
+            return iter(())
 
     monkeypatch.setattr(rumps_app, "Worker", functools.partial(rumps_app.Worker, factory=Stuck))
     monkeypatch.setattr(rumps_app, "STOP_SECONDS", 0.2)

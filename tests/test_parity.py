@@ -76,10 +76,11 @@ def assert_greedy_matches(model, inputs: dict, ref, eos_ids: set) -> None:
     """Our greedy tokens equal the reference's, up to a step where the reference was at a near-tie."""
     from mlx_vlm_port.generate import generate_tokens
 
-    x = {k: mx.array(v) for k, v in inputs.items()}
+    from mlx_vlm_port.options import SamplingOptions
+
     expected = ref["generated_ids"].tolist()
-    ours = [t for t, _ in generate_tokens(model, x, max_tokens=len(expected), temperature=0.0, top_p=1.0,
-                                          min_p=0.0, repetition_penalty=1.0, eos_ids=eos_ids)]
+    greedy = SamplingOptions(max_tokens=len(expected), temperature=0.0, top_p=1.0, min_p=0.0, repetition_penalty=1.0)
+    ours = [t for t, _ in generate_tokens(model, inputs, greedy, eos_ids=eos_ids)]
     for i, (a, b) in enumerate(zip(ours, expected)):
         if ref["generated_margins"][i] < 1e-3:
             break  # the reference itself was at a near-tie here: later tokens may fairly differ

@@ -11,7 +11,8 @@ import numpy as np
 import pytest
 
 from mlx_vlm_port import load
-from mlx_vlm_port.models.cpu_layers import use_cpu_layers
+from mlx_vlm_port.backends.cpu import use_cpu_backend
+from mlx_vlm_port.families import LFM2_VL
 from mlx_vlm_port.quant import RECIPES, plan_quantization, quantize_model
 from mlx_vlm_port.save import save_checkpoint
 from quantize.convert import convert
@@ -57,7 +58,7 @@ def test_round_trip_matches_in_memory_quantization(sources, tmp_path, which, bit
     on_the_fly, _ = load(src, bits=bits, group_size=group_size)
     in_memory, _ = load(src)
     section = quantize_model(in_memory, bits=bits, group_size=group_size)
-    use_cpu_layers(in_memory)  # load() does this for quantized layers
+    use_cpu_backend(in_memory)  # load() does this for quantized layers
     x = inputs(processor)
     ref = logits(in_memory, x)
     np.testing.assert_allclose(logits(got, x), ref, rtol=0, atol=1e-6)
@@ -81,7 +82,7 @@ def test_plan_keeps_norms_convs_and_tables_in_float(wide_path):
     model, _ = load(wide_path)
     plan = plan_quantization(model, bits=4, group_size=128)
     paths = {c.path for c in plan.layers}
-    assert not paths & set(model.KEEP_FLOAT)  # patch embedding and position table: never candidates
+    assert not paths & set(LFM2_VL.keep_float)  # patch embedding and position table: never candidates
     assert not any(p.endswith(("norm", "layernorm", "layer_norm", "conv.conv")) for p in paths)
     assert [(c.path, c.why_float) for c in plan.kept_float] == [
         ("multi_modal_projector.linear_2", "width 64 is not a multiple of the group size 128")]
@@ -116,7 +117,7 @@ def test_default_tiny_reports_layers_kept_in_float(tiny_path, tmp_path, capsys):
 def test_mixed_recipe_spends_more_bits_on_sensitive_layers(wide_path, tmp_path, capsys):
     plan, stats, _ = run_convert(wide_path, tmp_path / "q", bits=None, recipe="mixed_4_6")
     model, processor = load(wide_path)
-    high = model.sensitive_paths()
+    high = LFM2_VL.sensitive_paths(model)
     assert {"language_model.model.embed_tokens", "language_model.model.layers.0.conv.in_proj",
             "language_model.model.layers.3.feed_forward.w2", "language_model.model.layers.1.self_attn.v_proj",
             "language_model.model.layers.1.self_attn.out_proj"} <= high
@@ -129,7 +130,7 @@ def test_mixed_recipe_spends_more_bits_on_sensitive_layers(wide_path, tmp_path, 
     assert 5.0 < stats.quantized_bits_per_weight < 7.0
     assert f"average {stats.quantized_bits_per_weight:.3f} bits per quantized weight" in capsys.readouterr().out
     quantize_model(model, bits=None, recipe="mixed_4_6")
-    use_cpu_layers(model)
+    use_cpu_backend(model)
     got, _ = load(tmp_path / "q")
     x = inputs(processor)
     np.testing.assert_allclose(logits(got, x), logits(model, x), rtol=0, atol=1e-6)
@@ -138,7 +139,7 @@ def test_mixed_recipe_spends_more_bits_on_sensitive_layers(wide_path, tmp_path, 
 def test_recipes_are_keyed_on_lfm2_names(tiny_path):
     model, _ = load(tiny_path)
     names = {p for p, _ in model.named_modules()}
-    assert model.sensitive_paths() <= names
+    assert LFM2_VL.sensitive_paths(model) <= names
     assert all(lo < hi for lo, hi in RECIPES.values()) and "mixed_4_6" in RECIPES
     with pytest.raises(ValueError, match="cannot be combined"):
         plan_quantization(model, bits=5, recipe="mixed_4_6")
@@ -169,7 +170,7 @@ def test_sharded_output_with_index(wide_path, tmp_path):
     index = json.loads((tmp_path / "s" / "model.safetensors.index.json").read_text())
     assert set(index["weight_map"].values()) == {f.name for f in files}
     got, _ = load(tmp_path / "s")
-    use_cpu_layers(model)
+    use_cpu_backend(model)
     x = inputs(processor)
     np.testing.assert_allclose(logits(got, x), logits(model, x), rtol=0, atol=1e-6)
 

@@ -5,7 +5,6 @@ a stored head that the config ties to the embedding."""
 from __future__ import annotations
 
 import mlx.core as mx
-import numpy as np
 
 
 def pixel_unshuffle(x: mx.array, f: int) -> mx.array:
@@ -19,17 +18,15 @@ def pixel_unshuffle(x: mx.array, f: int) -> mx.array:
 
 def merge_image_features(embeds: mx.array, input_ids: mx.array, image_token_id: int,
                          image_features: mx.array | None) -> mx.array:
-    """embeds (1, L, D) with row i of image_features (N, D) written at the i-th image token."""
+    """embeds (1, L, D) with row i of image_features (N, D) written at the i-th image token.
+    All in MLX (no read back to the host): the caller checks that N equals the count."""
     if image_features is None:
         return embeds
     if input_ids.shape[0] != 1:
         raise ValueError("images are supported for a batch of one prompt")
-    positions = np.flatnonzero(np.asarray(input_ids[0]) == image_token_id)
-    if len(positions) != image_features.shape[0]:
-        raise ValueError(f"the prompt has {len(positions)} image tokens but the images give "
-                         f"{image_features.shape[0]} features")
-    embeds[0, mx.array(positions)] = image_features.astype(embeds.dtype)
-    return embeds
+    is_image = input_ids == image_token_id  # (1, L)
+    row = mx.maximum(mx.cumsum(is_image.astype(mx.int32), axis=1) - 1, 0)  # (1, L): the feature for each token
+    return mx.where(is_image[..., None], image_features.astype(embeds.dtype)[row], embeds)
 
 
 def drop_tied_head(weights: dict, tied: bool) -> dict:

@@ -9,11 +9,9 @@ maps the Hugging Face layout onto it.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from functools import lru_cache
 
 import mlx.core as mx
 import mlx.nn as nn
-import numpy as np
 
 from ..config import known_fields
 from . import llama
@@ -64,16 +62,16 @@ class ModelConfig:
         return cls(**fields)
 
 
-@lru_cache(maxsize=16)
-def position_ids(rows: int, cols: int, side: int) -> np.ndarray:
+def position_ids(rows: int, cols: int, side: int) -> mx.array:
     """The reference's fractional bucketing of a rows×cols patch grid onto the learned
     side×side table, float32 steps included (the identity when rows = cols = side)."""
-    boundaries = (np.float64(1 / side) + np.arange(side - 1) * np.float64(1 / side)).astype(np.float32)
-    limit = np.float32(1.0 - 1e-6)
+    # the boundaries in float64 (Python floats), then rounded to float32, as the reference
+    boundaries = mx.array([1 / side + i * (1 / side) for i in range(side - 1)], dtype=mx.float32)
+    limit = mx.array(1.0 - 1e-6, dtype=mx.float32)
 
-    def buckets(n: int) -> np.ndarray:
-        frac = np.arange(n, dtype=np.float32) * (np.float32(1.0) / np.float32(n))
-        return np.searchsorted(boundaries, np.minimum(frac, limit), side="right")
+    def buckets(n: int) -> mx.array:
+        frac = mx.arange(n, dtype=mx.float32) * (mx.array(1.0, mx.float32) / mx.array(n, mx.float32))
+        return (boundaries <= mx.minimum(frac, limit)[:, None]).sum(axis=-1)  # searchsorted(side="right")
 
     return (buckets(rows)[:, None] * side + buckets(cols)[None, :]).reshape(-1)
 
@@ -96,7 +94,7 @@ class VisionEmbeddings(nn.Module):
         x = x.transpose(0, 1, 3, 2, 4, 5).reshape(B, rows * cols, -1)
         w = self.patch_embedding.weight
         x = x @ w.reshape(w.shape[0], -1).T + self.patch_embedding.bias
-        return x + self.position_embedding(mx.array(position_ids(rows, cols, self.side)))
+        return x + self.position_embedding(position_ids(rows, cols, self.side))
 
 
 class VisionModel(nn.Module):
@@ -142,10 +140,6 @@ class Connector(nn.Module):
 
 
 class Model(nn.Module):
-    # For the quantizer (quant.py): Linear/Embedding layers kept in float, and the vision side.
-    KEEP_FLOAT = {"vision_model.embeddings.position_embedding": "position table, added to every patch"}
-    VISION_PREFIXES = ("vision_model.", "connector.")
-
     def __init__(self, config: ModelConfig):
         super().__init__()
         self.config = config
@@ -155,7 +149,7 @@ class Model(nn.Module):
 
     def get_image_features(self, pixel_values: mx.array, pixel_attention_mask: mx.array | None = None) -> mx.array:
         """All frames (V, H, W, 3) → (image tokens, text hidden), in the order of `<image>` tokens."""
-        if pixel_attention_mask is not None and not np.asarray(pixel_attention_mask).all():
+        if pixel_attention_mask is not None and not pixel_attention_mask.all().item():
             # Our processor never pads a frame; padded frames would need masked attention.
             raise ValueError("padded frames (pixel_attention_mask with zeros) are not supported")
         if pixel_values.ndim == 5:  # the reference's (batch, frames, C, H, W)
@@ -175,19 +169,6 @@ class Model(nn.Module):
                  pixel_attention_mask: mx.array | None = None, cache: list | None = None) -> mx.array:
         """input_ids (1, L) [+ frames] → logits (1, L, vocab)."""
         return self.language_model(self.get_input_embeddings(input_ids, pixel_values, pixel_attention_mask), cache)
-
-    def sensitive_paths(self) -> set[str]:
-        """The mixed recipes' high-bit layers, by the rule mlx-lm uses for Llamas: the
-        token embedding and head, and v_proj/down_proj in the first and last eighth of
-        the layers and in every third layer between."""
-        paths = {"language_model.embed_tokens"}
-        if "lm_head" in self.language_model:
-            paths.add("language_model.lm_head")
-        n = len(self.language_model.layers)
-        for i in range(n):
-            if i < n // 8 or i >= 7 * n // 8 or (i - n // 8) % 3 == 2:
-                paths |= {f"language_model.layers.{i}.self_attn.v_proj", f"language_model.layers.{i}.mlp.down_proj"}
-        return paths
 
     def sanitize(self, weights: dict) -> dict:
         """Map the Hugging Face layout (`model.vision_model.*`, `model.connector.*`,

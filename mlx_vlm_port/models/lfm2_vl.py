@@ -11,7 +11,6 @@ from dataclasses import dataclass, field
 
 import mlx.core as mx
 import mlx.nn as nn
-import numpy as np
 
 from ..config import known_fields
 from . import lfm2, siglip2
@@ -69,16 +68,6 @@ class Projector(nn.Module):
 
 
 class Model(nn.Module):
-    # For the quantizer (quant.py): Linear/Embedding layers kept in float, and the vision side.
-    KEEP_FLOAT = {
-        # The learned position grid is resized per image (antialiased bilinear): it must stay a float table.
-        "vision_tower.embeddings.position_embedding": "position table, resized per image",
-        # A 16×16 conv kernel stored as a Linear; both this port and mlx-vlm read its weight dtype
-        # to pick the vision compute dtype (a uint32 packed weight would turn the pixels into integers).
-        "vision_tower.embeddings.patch_embedding": "patch embedding (a conv kernel)",
-    }
-    VISION_PREFIXES = ("vision_tower.", "multi_modal_projector.")
-
     def __init__(self, config: ModelConfig):
         super().__init__()
         self.config = config
@@ -90,7 +79,7 @@ class Model(nn.Module):
                            pixel_attention_mask: mx.array | None = None) -> mx.array:
         """All views → (image tokens, text hidden), in the order of `<image>` tokens."""
         features = self.vision_tower(pixel_values, spatial_shapes, pixel_attention_mask)
-        shapes = np.asarray(spatial_shapes).tolist()
+        shapes = spatial_shapes.tolist()  # host-side: each view's grid
         return mx.concatenate([self.multi_modal_projector(f, tuple(s)) for f, s in zip(features, shapes)])
 
     def get_input_embeddings(self, input_ids: mx.array, pixel_values: mx.array | None = None,
@@ -109,25 +98,6 @@ class Model(nn.Module):
         """input_ids (1, L) [+ images] → logits (1, L, vocab)."""
         embeds = self.get_input_embeddings(input_ids, pixel_values, spatial_shapes, pixel_attention_mask)
         return self.language_model(embeds, cache)
-
-    def sensitive_paths(self) -> set[str]:
-        """Where LFM2 loses most to low bits (the mixed recipes' high-bit layers): the token
-        embedding (and an untied head), every attention projection, and all projections
-        of the first and last decoder layers."""
-        lm = self.language_model
-        paths = {"language_model.model.embed_tokens"}
-        if "lm_head" in lm:
-            paths.add("language_model.lm_head")
-        layers = lm.model.layers
-        attention = ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.out_proj")
-        conv = ("conv.in_proj", "conv.out_proj")
-        ffn = ("feed_forward.w1", "feed_forward.w2", "feed_forward.w3")
-        for i, layer in enumerate(layers):
-            names = attention if layer.is_attention else ()
-            if i in (0, len(layers) - 1):
-                names = (attention if layer.is_attention else conv) + ffn
-            paths |= {f"language_model.model.layers.{i}.{n}" for n in names}
-        return paths
 
     def sanitize(self, weights: dict) -> dict:
         """Map any published layout onto ours: HF (`model.vision_tower.vision_model.*`,

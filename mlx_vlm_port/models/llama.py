@@ -12,7 +12,6 @@ import mlx.core as mx
 import mlx.nn as nn
 
 from ..config import known_fields
-from . import cpu_math
 from .cache import KVCache, causal_mask
 
 
@@ -87,7 +86,7 @@ class MLP(nn.Module):
         self.down_proj = nn.Linear(c.intermediate_size, c.hidden_size, bias=c.mlp_bias)
 
     def __call__(self, x: mx.array) -> mx.array:
-        return self.down_proj(cpu_math.silu_mul(self.gate_proj(x), self.up_proj(x)))
+        return self.down_proj(nn.silu(self.gate_proj(x)) * self.up_proj(x))
 
 
 class DecoderLayer(nn.Module):

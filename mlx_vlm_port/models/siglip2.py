@@ -13,13 +13,12 @@ from functools import lru_cache
 
 import mlx.core as mx
 import mlx.nn as nn
-import numpy as np
 
 from ..config import known_fields
 from ..image import aa_bilinear_matrix
-from . import cpu_math
 
 MAX_VIEWS_PER_BATCH = 4  # bounds the attention scores' memory (views × heads × n²)
+
 
 @dataclass
 class VisionConfig:
@@ -53,7 +52,7 @@ class Attention(nn.Module):
         # (B, L, D) -> (B, heads, L, head_dim)
         q, k, v = (p(x).reshape(B, L, self.num_heads, -1).transpose(0, 2, 1, 3)
                    for p in (self.q_proj, self.k_proj, self.v_proj))
-        o = cpu_math.attention(q, k, v, self.scale)
+        o = mx.fast.scaled_dot_product_attention(q, k, v, scale=self.scale)
         return self.out_proj(o.transpose(0, 2, 1, 3).reshape(B, L, D))
 
 
@@ -64,8 +63,7 @@ class MLP(nn.Module):
         self.fc2 = nn.Linear(c.intermediate_size, c.hidden_size)
 
     def __call__(self, x: mx.array) -> mx.array:
-        h = cpu_math.gelu_tanh(self.fc1(x))  # gelu_pytorch_tanh
-        return self.fc2(h)
+        return self.fc2(nn.gelu_approx(self.fc1(x)))  # gelu_pytorch_tanh
 
 
 class EncoderLayer(nn.Module):
@@ -94,8 +92,8 @@ class Encoder(nn.Module):
 
 @lru_cache(maxsize=64)
 def _resize_matrices(grid: int, h: int, w: int) -> tuple[mx.array, mx.array]:
-    return (mx.array(aa_bilinear_matrix(grid, h).astype(np.float32)),
-            mx.array(aa_bilinear_matrix(grid, w).astype(np.float32)))
+    return (mx.array(aa_bilinear_matrix(grid, h), dtype=mx.float32),
+            mx.array(aa_bilinear_matrix(grid, w), dtype=mx.float32))
 
 
 class VisionEmbeddings(nn.Module):
@@ -129,9 +127,9 @@ class VisionModel(nn.Module):
     def __call__(self, pixel_values: mx.array, spatial_shapes: mx.array,
                  pixel_attention_mask: mx.array | None = None) -> list[mx.array]:
         """pixel_values (V, P, p·p·C), spatial_shapes (V, 2) → one (h·w, D) array per view."""
-        shapes = [tuple(s) for s in np.asarray(spatial_shapes).tolist()]
+        shapes = [tuple(s) for s in spatial_shapes.tolist()]  # host-side: they pick the batches
         if pixel_attention_mask is not None:
-            lengths = np.asarray(pixel_attention_mask).sum(axis=1).tolist()
+            lengths = pixel_attention_mask.sum(axis=1).tolist()
             bad = [i for i, ((h, w), n) in enumerate(zip(shapes, lengths)) if h * w != n]
             if bad:
                 raise ValueError(f"pixel_attention_mask disagrees with spatial_shapes for views {bad}")

@@ -17,9 +17,9 @@ _local = threading.local()  # MLX streams belong to the thread that made them
 
 def split_apply(fn, arrays: tuple, axis: int, out_axis: int | None = None) -> mx.array:
     """fn(*arrays), computed on two halves of `arrays` along `axis` on two CPU
-    streams and joined along `out_axis` (default: `axis`). Elsewhere: one call."""
+    streams and joined along `out_axis` (default: `axis`); one call below 2."""
     n = arrays[0].shape[axis]
-    if mx.default_device() != mx.cpu or n < 2:
+    if n < 2:
         return fn(*arrays)
     if not hasattr(_local, "second"):
         _local.second = mx.new_stream(mx.cpu)

@@ -1,4 +1,5 @@
-"""Linear and embedding layers that keep both CPU cores busy.
+"""The CPU backend's layers: subclasses of MLX's and of the model files' modules,
+with the same parameters and names, swapped in by `use_cpu_backend`.
 
 - One row (each decoding step): MKL runs a one-row float32 product on a single
   thread (~20 GB/s of weights here), and so does MLX's CPU quantized kernel. The
@@ -10,8 +11,10 @@
   does not use BLAS (a 4608×1024 layer took 1.2 s for 269 rows); dequantizing the
   weight and using the dense matmul took 27 ms. Each stream dequantizes and
   multiplies half the output rows (a 4-bit 281-token prefill: 2.40 -> 1.96 s).
-The GPU keeps MLX's own layers' path. `use_cpu_layers` swaps these in after
-loading; parameters and their names are unchanged.
+- The vision attention's softmax and the MLPs' GELU / SiLU run through numpy
+  (numpy_ops.py) on each fresh result.
+- The vision pass empties MLX's buffer cache before and after itself (see
+  `__init__.keep_freed_buffers`): its buffers fit nothing else in the request.
 """
 
 from __future__ import annotations
@@ -19,6 +22,8 @@ from __future__ import annotations
 import mlx.core as mx
 import mlx.nn as nn
 
+from ...models import idefics3, lfm2, lfm2_vl, llama, siglip2
+from .numpy_ops import attention, gelu_tanh, silu_mul
 from .streams import split_apply
 
 DENSE_FROM_ROWS = 4  # below this many rows the quantized kernel is cheaper than dequantizing
@@ -27,10 +32,6 @@ SPLIT_FROM = 1 << 21  # float weights this large or larger are split over two st
 
 def _rows(x: mx.array) -> int:
     return x.size // x.shape[-1]
-
-
-def _one_row_on_cpu(x: mx.array) -> bool:
-    return _rows(x) == 1 and mx.default_device() == mx.cpu
 
 
 def _matvec(x: mx.array, weight: mx.array) -> mx.array:
@@ -66,22 +67,20 @@ def _with_bias(layer, y: mx.array) -> mx.array:
 
 class Linear(nn.Linear):
     def __call__(self, x: mx.array) -> mx.array:
-        if _one_row_on_cpu(x) and self["weight"].size >= SPLIT_FROM:
+        if _rows(x) == 1 and self["weight"].size >= SPLIT_FROM:
             return _with_bias(self, _matvec(x, self["weight"]))
         return super().__call__(x)
 
 
 class Embedding(nn.Embedding):
     def as_linear(self, x: mx.array) -> mx.array:
-        if _one_row_on_cpu(x) and self["weight"].size >= SPLIT_FROM:
+        if _rows(x) == 1 and self["weight"].size >= SPLIT_FROM:
             return _matvec(x, self["weight"])
         return super().as_linear(x)
 
 
 class QuantizedLinear(nn.QuantizedLinear):
     def __call__(self, x: mx.array) -> mx.array:
-        if mx.default_device() != mx.cpu:
-            return super().__call__(x)
         if _rows(x) == 1:
             return _with_bias(self, _quantized_matvec(x, self))
         if _rows(x) < DENSE_FROM_ROWS:
@@ -91,17 +90,56 @@ class QuantizedLinear(nn.QuantizedLinear):
 
 class QuantizedEmbedding(nn.QuantizedEmbedding):
     def as_linear(self, x: mx.array) -> mx.array:
-        if _one_row_on_cpu(x):
+        if _rows(x) == 1:
             return _quantized_matvec(x, self)
         return super().as_linear(x)
 
 
+class VisionAttention(siglip2.Attention):
+    def __call__(self, x: mx.array) -> mx.array:
+        B, L, D = x.shape
+        # (B, L, D) -> (B, heads, L, head_dim)
+        q, k, v = (p(x).reshape(B, L, self.num_heads, -1).transpose(0, 2, 1, 3)
+                   for p in (self.q_proj, self.k_proj, self.v_proj))
+        o = attention(q, k, v, self.scale)
+        return self.out_proj(o.transpose(0, 2, 1, 3).reshape(B, L, D))
+
+
+class VisionMLP(siglip2.MLP):
+    def __call__(self, x: mx.array) -> mx.array:
+        return self.fc2(gelu_tanh(self.fc1(x)))
+
+
+class Lfm2MLP(lfm2.MLP):
+    def __call__(self, x: mx.array) -> mx.array:
+        return self.w2(silu_mul(self.w1(x), self.w3(x)))
+
+
+class LlamaMLP(llama.MLP):
+    def __call__(self, x: mx.array) -> mx.array:
+        return self.down_proj(silu_mul(self.gate_proj(x), self.up_proj(x)))
+
+
+def _released(features: mx.array) -> mx.array:
+    mx.eval(features)
+    mx.clear_cache()
+    return features
+
+
+class Lfm2VlModel(lfm2_vl.Model):
+    def get_image_features(self, pixel_values: mx.array, spatial_shapes: mx.array,
+                           pixel_attention_mask: mx.array | None = None) -> mx.array:
+        mx.clear_cache()
+        return _released(super().get_image_features(pixel_values, spatial_shapes, pixel_attention_mask))
+
+
+class Idefics3Model(idefics3.Model):
+    def get_image_features(self, pixel_values: mx.array, pixel_attention_mask: mx.array | None = None) -> mx.array:
+        mx.clear_cache()
+        return _released(super().get_image_features(pixel_values, pixel_attention_mask))
+
+
+# each swapped class → its CPU subclass (same parameters, other __call__)
 SWAPS = {nn.Linear: Linear, nn.Embedding: Embedding, nn.QuantizedLinear: QuantizedLinear,
-         nn.QuantizedEmbedding: QuantizedEmbedding}
-
-
-def use_cpu_layers(model: nn.Module) -> None:
-    """Give the model's Linear/Embedding layers (float or quantized) the paths above."""
-    for _, module in model.named_modules():
-        if type(module) in SWAPS:
-            module.__class__ = SWAPS[type(module)]
+         nn.QuantizedEmbedding: QuantizedEmbedding, siglip2.Attention: VisionAttention, siglip2.MLP: VisionMLP,
+         lfm2.MLP: Lfm2MLP, llama.MLP: LlamaMLP, lfm2_vl.Model: Lfm2VlModel, idefics3.Model: Idefics3Model}

@@ -1,13 +1,14 @@
-"""Softmax, tanh-GELU and SiLU through numpy on the CPU: the one MLX/numpy boundary.
+"""Softmax, tanh-GELU and SiLU through numpy: the CPU backend's one MLX/numpy boundary.
 
 MLX's CPU exp/tanh run on one core at ~50 M elements/s; numpy's vectorised
-ones are ~20x faster here (and closer to float64). So on the CPU, for float32,
-we evaluate the MLX array, rewrite its buffer in place through a zero-copy
-numpy view (MLX documents that writes to such a view show in the array) and
-hand the same array on: no copy either way (a 512² tile's 12 vision layers:
-~3.7 -> ~1.8 s on a 2-core x86; a 281-token LM prefill ~2.07 -> ~1.77 s).
-Elsewhere (GPU, other dtypes, arrays too small to pay for the synchronising
-mx.eval, e.g. decoding) the plain MLX ops run, split over two CPU streams.
+ones are ~20x faster here (and closer to float64). So for float32 we evaluate
+the MLX array, rewrite its buffer in place through a zero-copy numpy view
+(MLX documents that writes to such a view show in the array) and hand the
+same array on: no copy either way (a 512² tile's 12 vision layers: ~3.7 ->
+~1.8 s on a 2-core x86; a 281-token LM prefill ~2.07 -> ~1.77 s). Other
+dtypes, and arrays too small to pay for the synchronising mx.eval (decoding),
+take MLX's ops split over two CPU streams. Only the CPU backend's layers
+(layers.py) call these, each on a result it has just computed.
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ _MIN_SIZE = 1 << 16  # elements
 
 def _use_numpy(x: mx.array) -> bool:
     # small arrays (decoding one token) keep MLX's lazy, unsynchronised path
-    return mx.default_device() == mx.cpu and x.dtype == mx.float32 and x.size >= _MIN_SIZE
+    return x.dtype == mx.float32 and x.size >= _MIN_SIZE
 
 
 def _in_place(x: mx.array, fn, *others: mx.array) -> mx.array:
@@ -92,15 +93,15 @@ def attention(q: mx.array, k: mx.array, v: mx.array, scale: float) -> mx.array:
 
 
 def gelu_tanh(x: mx.array) -> mx.array:
-    """gelu_pytorch_tanh. On the CPU x's buffer is overwritten: pass a fresh result
-    that nothing else holds (e.g. a Linear's output), never a slice or a weight."""
+    """gelu_pytorch_tanh. x's buffer may be overwritten: pass a fresh result that
+    nothing else holds (e.g. a Linear's output), never a slice or a weight."""
     if not _use_numpy(x):
         return split_apply(nn.gelu_approx, (x,), axis=-2)  # by rows
     return _in_place(x, _gelu_tanh_rows)
 
 
 def silu_mul(a: mx.array, b: mx.array) -> mx.array:
-    """silu(a)·b (the LFM2 MLP's gate). On the CPU a's buffer is overwritten, as in gelu_tanh."""
+    """silu(a)·b (the gated MLPs). a's buffer may be overwritten, as in gelu_tanh."""
     if not _use_numpy(a):
         return split_apply(lambda a, b: nn.silu(a) * b, (a, b), axis=-2)  # by rows
     return _in_place(a, _silu_mul_rows, b)
