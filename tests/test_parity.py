@@ -72,19 +72,24 @@ def assert_logits_match(logits: np.ndarray, ref) -> None:
     assert rel_err(logits[ref["logits_positions"]], ref["logits_at_positions"]) < RTOL
 
 
-def assert_greedy_matches(model, inputs: dict, ref, eos_ids: set) -> None:
-    """Our greedy tokens equal the reference's, up to a step where the reference was at a near-tie."""
-    from mlx_vlm_port.generate import generate_tokens
+NEAR_TIE = 1e-3  # the reference's top two logits closer than this: either token is a fair greedy pick
+# The golden cases whose reference run reaches such a near-tie, and at which step: the
+# comparison stops there (every other case is compared for all its tokens).
+NEAR_TIE_STEPS = {"rgb_37x1111": 4, "rgb_1000x800_tokens16to64": 7}
 
+
+def assert_greedy_matches(model, inputs: dict, ref, eos_ids: set) -> int:
+    """Our greedy tokens equal the reference's up to its first near-tie (all of them when
+    it has none; ours must not stop short). Returns how many tokens were compared."""
+    from mlx_vlm_port.generate import generate_tokens
     from mlx_vlm_port.options import SamplingOptions
 
     expected = ref["generated_ids"].tolist()
+    checked = next((i for i, m in enumerate(ref["generated_margins"].tolist()) if m < NEAR_TIE), len(expected))
     greedy = SamplingOptions(max_tokens=len(expected), temperature=0.0, top_p=1.0, min_p=0.0, repetition_penalty=1.0)
     ours = [t for t, _ in generate_tokens(model, inputs, greedy, eos_ids=eos_ids)]
-    for i, (a, b) in enumerate(zip(ours, expected)):
-        if ref["generated_margins"][i] < 1e-3:
-            break  # the reference itself was at a near-tie here: later tokens may fairly differ
-        assert a == b, f"greedy token {i}: {a} != reference {b} (ours {ours}, reference {expected})"
+    assert ours[:checked] == expected[:checked], f"ours {ours}, reference {expected} (compared {checked})"
+    return checked
 
 
 def test_logits(case):
@@ -97,7 +102,8 @@ def test_logits(case):
 
 def test_greedy(case):
     c, ref, model, processor, _, inputs = case
-    assert_greedy_matches(model, inputs, ref, processor.eos_token_ids)
+    checked = assert_greedy_matches(model, inputs, ref, processor.eos_token_ids)
+    assert checked == NEAR_TIE_STEPS.get(c["name"], len(ref["generated_ids"]))
 
 
 @pytest.mark.parametrize("name", STAGE_CASES)

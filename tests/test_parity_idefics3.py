@@ -86,7 +86,8 @@ def test_logits(model_case):
 
 def test_greedy(model_case):
     c, ref, model, _, _, inputs = model_case
-    assert_greedy_matches(model, inputs, ref, eos_ids=set())  # the reference ran without EOS
+    checked = assert_greedy_matches(model, inputs, ref, eos_ids=set())  # the reference ran without EOS
+    assert checked == len(ref["generated_ids"])  # no SmolVLM case reaches a reference near-tie
 
 
 @pytest.mark.parametrize("name", MANIFEST["stage_cases"])
