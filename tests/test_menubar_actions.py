@@ -4,6 +4,9 @@ Find Objects (a drawn PNG), screen grabs off the UI thread, History, Launch at L
 from __future__ import annotations
 
 import stat
+import threading
+
+import pytest
 
 from captioning.job import DETECT_PROMPT
 from menubar.history import History
@@ -60,19 +63,59 @@ def test_find_objects_draws_boxes_into_a_private_png(rig, tmp_path):
     assert ui.notes[-1] == ("Objects", "No objects found.") and len(ui.opened) == 1
 
 
-def test_screen_capture_runs_off_the_ui_thread(rig):
-    app, ui, capture, lab, _ = rig
-    app.caption_screen(region=True)  # None: the user pressed Esc
+def test_screen_capture_runs_off_the_ui_thread(rig, monkeypatch):
+    """Through the real capture adapter (menubar.sources.AppCapture) over captioning.capture,
+    whose grab is replaced by one that records its thread and acts out each outcome."""
+    from captioning import capture as capture_module
+    from menubar.sources import AppCapture
+
+    app, ui, _, lab, _ = rig
+    app.capture = AppCapture()
+    grabs, outcomes = [], []
+
+    def grab_screen(region=False):
+        grabs.append((threading.current_thread() is threading.main_thread(), region))
+        outcome = outcomes.pop(0)
+        if isinstance(outcome, Exception):
+            raise outcome
+        return outcome
+
+    monkeypatch.setattr(capture_module, "grab_screen", grab_screen)
+    outcomes.append(capture_module.CaptureCancelled("no region was selected (cancelled)"))
+    app.caption_screen(region=True)  # the user pressed Esc: no job, no message
     pump(app, lambda: not app.capturing)
     assert ui.notes == [] and app.active == 0
-    capture.screen_error = RuntimeError("screencapture failed: allow Screen Recording")
+    outcomes.append(capture_module.CaptureError("allow Screen Recording for MLX Caption"))
     app.caption_screen(region=False)
     pump(app, lambda: ui.notes)
-    assert ui.notes[-1] == ("Screen capture failed", "screencapture failed: allow Screen Recording")
-    capture.screen_error, capture.screen_result = None, png(13)
+    assert ui.notes[-1] == ("Screen capture failed", "allow Screen Recording for MLX Caption")
+    outcomes.append(png(13))
     app.caption_screen(region=True)
     pump(app, lambda: len(ui.notes) == 2)
     assert ui.notes[-1][0] == "Caption" and lab.calls[-1]["image"] == png(13)
+    assert grabs == [(False, True), (False, False), (False, True)]  # never on the UI (main) thread
+
+
+def test_the_clipboard_adapter_tells_no_image_from_a_broken_clipboard(monkeypatch):
+    from captioning import capture as capture_module
+    from menubar.sources import AppCapture
+
+    def reading(outcome):
+        def clipboard_image_bytes():
+            if isinstance(outcome, Exception):
+                raise outcome
+            return outcome
+        return clipboard_image_bytes
+
+    monkeypatch.setattr(capture_module, "clipboard_image_bytes", reading(png(3)))
+    assert AppCapture().clipboard_image() == png(3)
+    monkeypatch.setattr(capture_module, "clipboard_image_bytes",
+                        reading(capture_module.NoImageOnClipboard("the clipboard has no image")))
+    assert AppCapture().clipboard_image() is None
+    monkeypatch.setattr(capture_module, "clipboard_image_bytes",
+                        reading(capture_module.CaptureError("xclip is not installed")))
+    with pytest.raises(capture_module.CaptureError, match="xclip"):
+        AppCapture().clipboard_image()
 
 
 def test_history_menu_copy_and_clear(rig, tmp_path):
