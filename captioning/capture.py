@@ -216,6 +216,10 @@ def _pick_image_type(types: list[str]) -> str | None:
 def _linux_clipboard_image() -> bytes:
     if _session() == "wayland":
         listed = _run(["wl-paste", "--list-types"], hint=CLIPBOARD_TOOLS)
+        if listed.returncode != 0 and "Nothing is copied" not in listed.stderr.decode(errors="replace"):
+            # wl-paste's own word for an empty clipboard is "Nothing is copied"; anything else
+            # (no Wayland server, no data-control protocol) is a broken tool, not a missing image
+            raise CaptureError(f"wl-paste failed: {_first_line(listed.stderr) or f'exit status {listed.returncode}'}")
         types = listed.stdout.decode(errors="replace").split() if listed.returncode == 0 else []
         kind = _pick_image_type(types)
         if kind is None:

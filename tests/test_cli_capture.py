@@ -44,6 +44,23 @@ def test_mac_osascript_clipboard(mac, monkeypatch):
     assert calls[0] == (["osascript", "-e", "the clipboard as «class PNGf»"], capture.UTF8_ENV)
 
 
+def test_mac_osascript_falls_back_to_tiff(mac, monkeypatch):
+    """osascript answers per class: a clipboard holding only TIFF (e.g. copied from Preview)
+    refuses «class PNGf» with error -1700 and gives «data TIFF…» for «class TIFF»."""
+    tiff = b"II*\x00fake tiff"
+    asked = []
+
+    def run(cmd, **kw):
+        asked.append(cmd[-1])
+        if "«class TIFF»" in cmd[-1]:
+            return completed("«data TIFF{}»\n".format(tiff.hex().upper()).encode())
+        return completed(returncode=1, stderr="execution error: Can’t make some data into the expected "
+                                              "type. (-1700)".encode())
+    monkeypatch.setattr(capture, "_run", run)
+    assert capture.clipboard_image_bytes() == tiff
+    assert asked == ["the clipboard as «class PNGf»", "the clipboard as «class TIFF»"]
+
+
 def test_mac_osascript_without_an_image(mac, monkeypatch):
     monkeypatch.setattr(capture, "_run", lambda cmd, **kw: completed(
         returncode=1, stderr="execution error: Can’t make some data into the expected type. (-1700)".encode()))
@@ -231,19 +248,39 @@ def test_screen_access_preflights_and_requests_only_when_asked(monkeypatch):
     assert capture.screen_access(request=True) is None  # not a Mac: cannot tell, do not refuse
 
 
+WL_PASTE = """\
+# wl-paste as wl-clipboard's src/wl-paste.c behaves: --list-types prints the offered types;
+# an empty clipboard is "Nothing is copied" (exit 1); a type not offered fails (exit 1).
+[ -e {broken} ] && {{ echo "Failed to connect to a Wayland server" >&2; exit 1; }}
+[ -s {types} ] || {{ echo "Nothing is copied" >&2; exit 1; }}
+if [ "$1" = --list-types ]; then cat {types}; exit 0; fi
+for a; do last=$a; done
+grep -qx "$last" {types} || {{ echo "Clipboard content is not available as requested type \"$last\"" >&2; exit 1; }}
+printf "BYTES of %s" "$last"
+"""
+
+
 def test_wayland_clipboard(monkeypatch, tmp_path):
     if not sys.platform.startswith("linux"):
         pytest.skip("Linux path")
-    types_file = tmp_path / "types"
-    fake_tool(tmp_path, "wl-paste", f'if [ "$1" = --list-types ]; then cat {types_file}; exit 0; fi\n'
-                                    'printf PNGBYTES\n')
+    types_file, broken = tmp_path / "types", tmp_path / "broken"
+    fake_tool(tmp_path, "wl-paste", WL_PASTE.format(types=types_file, broken=broken))
     monkeypatch.setenv("PATH", f"{tmp_path}:/usr/bin:/bin")
     monkeypatch.setenv("WAYLAND_DISPLAY", "wayland-9")
     types_file.write_text("text/plain;charset=utf-8\nimage/jpeg\nimage/png\n")
-    assert capture.clipboard_image_bytes() == b"PNGBYTES"
+    assert capture.clipboard_image_bytes() == b"BYTES of image/png"  # the preferred type, asked by name
+    types_file.write_text("image/webp\n")
+    assert capture.clipboard_image_bytes() == b"BYTES of image/webp"
     types_file.write_text("text/plain\nUTF8_STRING\n")
     with pytest.raises(capture.NoImageOnClipboard, match="holds text"):
         capture.clipboard_image_bytes()
+    types_file.write_text("")
+    with pytest.raises(capture.NoImageOnClipboard, match="it is empty"):
+        capture.clipboard_image_bytes()
+    broken.touch()
+    with pytest.raises(capture.CaptureError, match="wl-paste failed: Failed to connect") as e:
+        capture.clipboard_image_bytes()
+    assert not isinstance(e.value, capture.NoImageOnClipboard)  # exit 5, not 3
 
 
 def test_x11_screen_with_imagemagick(monkeypatch, tmp_path):
