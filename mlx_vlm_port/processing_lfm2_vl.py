@@ -120,6 +120,11 @@ class ImageProcessor:
         elif min_tiles > max_tiles:
             raise ValueError("min_tiles must be less than or equal to max_tiles")
         size = smart_resize(height, width, c, o.min_image_tokens, o.max_image_tokens)
+        if self.tokens_for(*size) > o.max_image_tokens:
+            # Grown to a floor at or above the budget (each side rounded up): the view would not
+            # fit its own patch budget, so it is not grown. (Within the reference's own limits,
+            # a floor well below the budget, this never happens.)
+            size = smart_resize(height, width, c, 1, o.max_image_tokens)
         if _is_too_large(height, width, c, o.max_image_tokens) and not min_tiles == max_tiles == 1:
             rows, cols = grid_layout(height, width, min_tiles, max_tiles, c.tile_size)
             t = c.tile_size

@@ -194,6 +194,16 @@ def test_closed_before_answer_is_unavailable_but_mid_answer_is_an_error(runtime)
         fake.stop()
 
 
+def test_a_file_too_big_for_one_request_line_goes_by_path(service, grey_png, monkeypatch):
+    from captioning.engine import ServiceEngine
+
+    assert "image_b64" in client.image_fields(path=grey_png)
+    monkeypatch.setattr(protocol, "MAX_REQUEST_BYTES", grey_png.stat().st_size)  # base64 would not fit
+    assert client.image_fields(path=grey_png) == {"image_path": str(grey_png.resolve())}
+    result = ServiceEngine(client.ping()).run("grey.png", Job(), lambda piece: None, path=str(grey_png))
+    assert result.text == "A grey square." and service.captions[-1]["image_path"] == str(grey_png.resolve())
+
+
 def test_same_model(tmp_path):
     assert client.same_model("a/b", "a/b") and not client.same_model("a/b", "a/c")
     assert not client.same_model("a/b", None)

@@ -135,3 +135,19 @@ def test_streaming_detokenizer_handles_split_characters(tiny):
     pieces = [detok.add(i) for i in ids]
     assert "".join(pieces) == processor.decode(ids)
     assert not any("\ufffd" in p for p in pieces)
+
+
+@pytest.mark.parametrize("floor", [64, 32])
+@pytest.mark.parametrize("size", [(300, 400), (20, 30), (1, 700), (700, 1)])
+def test_a_view_is_never_grown_past_its_token_budget(size, floor):
+    """The processor grows a small view to the checkpoint's floor (LFM2.5-VL: 64 tokens,
+    LFM2-VL: 32), rounding each side up. Under a budget at or below that floor (the CLI's
+    --max-image-tokens 32) the view is not grown, rather than built past its own budget."""
+    from mlx_vlm_port.options import ImageOptions
+    from mlx_vlm_port.processing_lfm2_vl import ImageConfig, ImageProcessor
+
+    processor = ImageProcessor(ImageConfig(min_image_tokens=floor, max_image_tokens=256))
+    image = np.zeros((*size, 3), np.uint8)
+    _, arrays = processor.expand(image, ImageOptions(max_image_tokens=32, do_image_splitting=False))
+    h, w = arrays["spatial_shapes"][0]
+    assert (h // 2) * (w // 2) <= 32 and arrays["pixel_values"].shape[1] == 32 * 4

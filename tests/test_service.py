@@ -252,6 +252,29 @@ def test_cli_uses_the_running_service(server, tiny_path, tmp_path):
     assert record["caption"] == direct["text"]
 
 
+def test_the_cli_with_every_kind_of_flag_answers_the_same_through_the_service_and_alone(server, tiny_path,
+                                                                                      tmp_path):
+    image = tmp_path / "flags.png"
+    image.write_bytes(png(8))
+    flags = [str(image), "--model", str(tiny_path), "--json", "--system", "Answer briefly.", "-p", "What is this?",
+             "--max-tokens", "5", "--temperature", "0", "--repetition-penalty", "1.3", "--detail", "fast",
+             "--max-image-tokens", "32"]
+    served = subprocess.run([sys.executable, "-m", "app.caption", *flags], cwd=ROOT, env=server.env,
+                            capture_output=True, text=True, timeout=TIMEOUT)
+    assert served.returncode == 0, served.stderr
+    assert _foreign_jobs(server) == 1
+    alone = subprocess.run([sys.executable, "-m", "app.caption", *flags, "--no-service"], cwd=ROOT, env=server.env,
+                           capture_output=True, text=True, timeout=TIMEOUT)
+    assert alone.returncode == 0, alone.stderr
+    a, b = json.loads(served.stdout), json.loads(alone.stdout)
+    assert (a["caption"], a["prompt_tokens"], a["generation_tokens"]) == (
+        b["caption"], b["prompt_tokens"], b["generation_tokens"])
+    default = subprocess.run([sys.executable, "-m", "app.caption", str(image), "--model", str(tiny_path), "--json",
+                              "--max-tokens", "5", "--temperature", "0", "--no-service"],
+                             cwd=ROOT, env=server.env, capture_output=True, text=True, timeout=TIMEOUT)
+    assert json.loads(default.stdout)["prompt_tokens"] != a["prompt_tokens"]  # the flags did reach the model
+
+
 def _foreign_jobs(server: Server, timeout: float = 10.0) -> int:
     deadline = time.monotonic() + timeout
     while True:
