@@ -130,34 +130,162 @@ def _aa_fixed_point(n_in: int, n_out: int, kind: str):
     return starts, np.trunc(scaled + np.copysign(0.5, scaled)).astype(np.int32), precision
 
 
-def _resize_axis(a: np.ndarray, n_out: int, axis: int, kind: str) -> np.ndarray:
-    n_in = a.shape[axis]
+# The resize is a banded matrix product: the taps of `BAND` consecutive outputs
+# read one window of consecutive inputs, so each band is a small dense matrix
+# and a pass is one BLAS product per band and block of rows. With the integer
+# weights scaled by 2^-p every product and every partial sum is an integer times
+# 2^-p of magnitude at most 255·Σ|w| + 2^(p-1); below 2^24 (float32) or 2^53
+# (float64) it is represented exactly, whatever order the BLAS sums in, so the
+# result equals the integer arithmetic bit for bit.
+BAND = 8
+# OpenBLAS runs a product of m·n·k ≤ 2^18 on the calling thread (its threads
+# would only spin on products this small); blocks are sized to stay below that
+# and are spread over the cores by a thread pool instead.
+_MNK = 1 << 18
+_MIN_BLOCK = 8
+
+
+@lru_cache(maxsize=64)
+def _band_plan(n_in: int, n_out: int, kind: str):
+    """(bands, dtype) of the pass n_in → n_out. Each band is (j0, j1, x0, x1, w):
+    outputs j0..j1-1 = w @ inputs x0..x1-1, w (j1-j0, x1-x0) scaled by 2^-p."""
     starts, wi, p = _aa_fixed_point(n_in, n_out, kind)
-    # int32 is enough: Σ pixel·weight ≤ 255·2^22 < 2^31.
-    a = np.moveaxis(a, axis, 0).astype(np.int32)
-    padded = np.concatenate([a, np.zeros((wi.shape[1],) + a.shape[1:], np.int32)])
-    acc = np.full((n_out,) + a.shape[1:], 1 << (p - 1) if p > 0 else 0, np.int32)
-    for k in range(wi.shape[1]):
-        acc += padded[starts + k] * wi[:, k].reshape((-1,) + (1,) * (a.ndim - 1))
-    out = np.clip(acc >> p, 0, 255).astype(np.uint8)
-    return np.moveaxis(out, 0, axis)
+    bound = 255 * int(np.abs(wi).sum(axis=1, dtype=np.int64).max()) + (1 << (p - 1) if p > 0 else 0)
+    dtype = np.float32 if bound < 2**24 else np.float64
+    ends = np.minimum(starts + wi.shape[1], n_in)
+    bands = []
+    for j0 in range(0, n_out, BAND):
+        j1 = min(j0 + BAND, n_out)
+        x0, x1 = int(starts[j0]), int(ends[j0:j1].max())
+        w = np.zeros((j1 - j0, x1 - x0), np.float64)
+        for j in range(j0, j1):
+            w[j - j0, starts[j] - x0: ends[j] - x0] = wi[j, : ends[j] - starts[j]]
+        w = (w * 2.0**-p).astype(dtype)
+        w.flags.writeable = False
+        bands.append((j0, j1, x0, x1, w))
+    return tuple(bands), dtype
+
+
+def _span(bands) -> int:
+    return max(x1 - x0 for _, _, x0, x1, _ in bands)
+
+
+def _round_into(out: np.ndarray, y: np.ndarray) -> None:
+    """out (uint8) ← floor(y + 1/2) clipped to 0..255; y holds Σ/2^p exactly."""
+    y += 0.5
+    np.clip(y, 0, 255, out=y)
+    out[...] = y  # in range, the cast truncates, which is floor
+
+
+_POOL = None
+
+
+def _run_blocks(fn, n: int) -> None:
+    """fn(0) … fn(n-1), over the cores (numpy and the BLAS release the GIL)."""
+    global _POOL
+    if n <= 1 or (os.cpu_count() or 1) == 1:
+        for i in range(n):
+            fn(i)
+        return
+    if _POOL is None:
+        from concurrent.futures import ThreadPoolExecutor
+
+        _POOL = ThreadPoolExecutor(max_workers=min(os.cpu_count() or 1, 8), thread_name_prefix="resize")
+    list(_POOL.map(fn, range(n)))
+
+
+def _resize_width(a: np.ndarray, n_out: int, kind: str) -> np.ndarray:
+    """(H, W, C) uint8 → planar (C, H, n_out) uint8: blocks of rows as planar
+    floats (C·rows, W), times each band's (window, outputs) matrix."""
+    h, n_in, c = a.shape
+    bands, dtype = _band_plan(n_in, n_out, kind)
+    out = np.empty((c, h, n_out), np.uint8)
+    rows = max(_MIN_BLOCK, _MNK // (BAND * _span(bands) * c))
+
+    def block(i):
+        x = a[i * rows:(i + 1) * rows]
+        r = x.shape[0]
+        planar = np.empty((c, r, n_in), dtype)
+        planar[...] = x.transpose(2, 0, 1)
+        planar = planar.reshape(c * r, n_in)
+        y = np.empty((c * r, n_out), dtype)
+        for j0, j1, x0, x1, w in bands:
+            y[:, j0:j1] = planar[:, x0:x1] @ w.T  # (numpy buffers a strided out=)
+        _round_into(out[:, i * rows:i * rows + r], y.reshape(c, r, n_out))
+
+    _run_blocks(block, -(-h // rows))
+    return out
+
+
+def _resize_rows(slabs: np.ndarray, n_out: int, kind: str, out: np.ndarray) -> np.ndarray:
+    """(S, H, N) uint8 → out (S, n_out, N), any strides: each slab's rows resized,
+    in column strips of floats."""
+    s, n_in, n = slabs.shape
+    bands, dtype = _band_plan(n_in, n_out, kind)
+    cols = max(_MIN_BLOCK, _MNK // (BAND * _span(bands)))
+    strips = [(i, c0) for i in range(s) for c0 in range(0, n, cols)]
+
+    def block(k):
+        i, c0 = strips[k]
+        x = slabs[i, :, c0:c0 + cols].astype(dtype)
+        y = np.empty((n_out, x.shape[1]), dtype)
+        for j0, j1, x0, x1, w in bands:
+            np.matmul(w, x[x0:x1], out=y[j0:j1])
+        _round_into(out[i, :, c0:c0 + cols], y)
+
+    _run_blocks(block, len(strips))
+    return out
 
 
 def resize_uint8(image: np.ndarray, height: int, width: int, kind: str = "bilinear") -> np.ndarray:
-    """Antialiased resize of an (H, W, C) uint8 array, bit-exact with torchvision's
-    uint8 kernel (`kind` "bilinear" or "lanczos"): rows first, then columns."""
-    if image.shape[1] != width:
-        image = _resize_axis(image, width, 1, kind)
-    if image.shape[0] != height:
-        image = _resize_axis(image, height, 0, kind)
-    return image
+    """Antialiased resize of an (H, W, C) or (H, W) uint8 array, bit-exact with
+    torchvision's uint8 kernel (`kind` "bilinear" or "lanczos"): rows first, then
+    columns, each pass rounded to uint8. The input is read once, in blocks; no
+    whole-image copy wider than uint8 is made."""
+    image = np.asarray(image, np.uint8)
+    if image.ndim == 2:
+        return resize_uint8(image[:, :, None], height, width, kind)[:, :, 0]
+    h, w, c = image.shape
+    if w == width:
+        if h == height:
+            return image
+        out = np.empty((height, w, c), np.uint8)
+        _resize_rows(image.reshape(1, h, w * c), height, kind, out.reshape(1, height, w * c))
+        return out
+    planar = _resize_width(image, width, kind)  # (C, H, width)
+    out = np.empty((height, width, c), np.uint8)
+    if h == height:
+        out[...] = planar.transpose(1, 2, 0)
+    else:  # the row pass writes straight into the interleaved result
+        _resize_rows(planar, height, kind, out.transpose(2, 0, 1))
+    return out
+
+
+@lru_cache(maxsize=16)
+def _normalize_table(mean: tuple, std: tuple, rescale_factor: float, channels: int) -> np.ndarray:
+    """(256, channels) float32: every uint8 value normalised, by the same float32
+    operations as the direct formula (so the values are identical)."""
+    mean = np.asarray(mean, np.float32) / np.float32(rescale_factor)
+    std = np.asarray(std, np.float32) / np.float32(rescale_factor)
+    values = np.broadcast_to(np.arange(256, dtype=np.float32)[:, None], (256, channels))
+    return np.ascontiguousarray((values - mean) / std)
 
 
 def normalize_uint8(image: np.ndarray, mean, std, rescale_factor: float) -> np.ndarray:
-    """(u8 · rescale − mean) / std in float32, computed as the reference does: (u8 − mean/rescale) / (std/rescale)."""
-    mean = np.asarray(mean, np.float32) / np.float32(rescale_factor)
-    std = np.asarray(std, np.float32) / np.float32(rescale_factor)
-    return (image.astype(np.float32) - mean) / std
+    """(u8 · rescale − mean) / std in float32, computed as the reference does:
+    (u8 − mean/rescale) / (std/rescale); looked up from a 256-entry table."""
+    image = np.asarray(image)
+    shapes = {np.shape(mean), np.shape(std)} - {(), (1,), (image.shape[-1],)}
+    if image.dtype != np.uint8 or image.ndim < 1 or shapes:  # other broadcasts: the formula itself
+        mean = np.asarray(mean, np.float32) / np.float32(rescale_factor)
+        std = np.asarray(std, np.float32) / np.float32(rescale_factor)
+        return (image.astype(np.float32) - mean) / std
+    c = image.shape[-1]
+    table = _normalize_table(tuple(np.ravel(mean).tolist()), tuple(np.ravel(std).tolist()),
+                             float(rescale_factor), c)
+    if (table == table[:, :1]).all():  # one table for every channel: a single gather
+        return table[:, 0].take(image)
+    return table.ravel().take(image.astype(np.intp) * c + np.arange(c))
 
 
 def aa_bilinear_matrix(n_in: int, n_out: int) -> np.ndarray:
