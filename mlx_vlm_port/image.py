@@ -130,44 +130,77 @@ def _aa_fixed_point(n_in: int, n_out: int, kind: str):
     return starts, np.trunc(scaled + np.copysign(0.5, scaled)).astype(np.int32), precision
 
 
-# The resize is a banded matrix product: the taps of `BAND` consecutive outputs
-# read one window of consecutive inputs, so each band is a small dense matrix
-# and a pass is one BLAS product per band and block of rows. With the integer
-# weights scaled by 2^-p every product and every partial sum is an integer times
-# 2^-p of magnitude at most 255·Σ|w| + 2^(p-1); below 2^24 (float32) or 2^53
-# (float64) it is represented exactly, whatever order the BLAS sums in, so the
-# result equals the integer arithmetic bit for bit.
-BAND = 8
+# The resize is a banded matrix product: the taps of a few consecutive outputs
+# (a band) read one window of consecutive inputs, so each band is a small dense
+# matrix and a pass is one BLAS product per band and block of rows. With the
+# integer weights scaled by 2^-p, every product and every partial sum is an
+# integer times 2^-p of magnitude at most 255·Σ|w|: below 2^24 float32
+# represents it exactly, whatever order the BLAS sums in, so the result equals
+# the integer arithmetic bit for bit. Where 255·Σ|w| reaches 2^24 (downscales
+# by about 4× and more, lanczos' negative lobes), each weight is split as
+# hi·2^8 + lo (0 ≤ lo < 2^8): both halves' sums stay below 2^24, one product
+# computes both (the band's matrix has their rows stacked) and float64 adds
+# them exactly. float64 throughout is the fallback where even that does not
+# hold (windows of 258 taps and more).
+BAND = 8  # rows of a band's matrix: 8 outputs, or 4 split into hi and lo
+_SPLIT = 8
 # OpenBLAS runs a product of m·n·k ≤ 2^18 on the calling thread (its threads
 # would only spin on products this small); blocks are sized to stay below that
 # and are spread over the cores by a thread pool instead.
 _MNK = 1 << 18
 _MIN_BLOCK = 8
+# Worker threads of the resize (None: one per core, at most 8).
+THREADS = None
 
 
-@lru_cache(maxsize=64)
-def _band_plan(n_in: int, n_out: int, kind: str):
-    """(bands, dtype) of the pass n_in → n_out. Each band is (j0, j1, x0, x1, w):
-    outputs j0..j1-1 = w @ inputs x0..x1-1, w (j1-j0, x1-x0) scaled by 2^-p."""
-    starts, wi, p = _aa_fixed_point(n_in, n_out, kind)
-    bound = 255 * int(np.abs(wi).sum(axis=1, dtype=np.int64).max()) + (1 << (p - 1) if p > 0 else 0)
-    dtype = np.float32 if bound < 2**24 else np.float64
-    ends = np.minimum(starts + wi.shape[1], n_in)
-    bands = []
-    for j0 in range(0, n_out, BAND):
-        j1 = min(j0 + BAND, n_out)
-        x0, x1 = int(starts[j0]), int(ends[j0:j1].max())
-        w = np.zeros((j1 - j0, x1 - x0), np.float64)
-        for j in range(j0, j1):
-            w[j - j0, starts[j] - x0: ends[j] - x0] = wi[j, : ends[j] - starts[j]]
-        w = (w * 2.0**-p).astype(dtype)
-        w.flags.writeable = False
-        bands.append((j0, j1, x0, x1, w))
-    return tuple(bands), dtype
+class _Plan:
+    """One pass n_in → n_out: `weights[k]` (parts·band, span_k) maps inputs
+    x0[k] … x0[k]+span_k-1 to outputs k·band … k·band+band-1 (those past n_out
+    are zero rows), hi rows above lo rows when `parts` is 2; scaled by 2^-p
+    (hi by 2^(8-p)) so that the sums are the outputs before rounding."""
+
+    def __init__(self, n_in: int, n_out: int, kind: str):
+        starts, wi, p = _aa_fixed_point(n_in, n_out, kind)
+        wi = wi.astype(np.int64)
+        hi, lo = np.floor_divide(wi, 1 << _SPLIT), np.remainder(wi, 1 << _SPLIT)
+        fits = lambda w: 255 * int(np.abs(w).sum(axis=1).max()) < 2**24  # noqa: E731
+        self.mode = "f32" if fits(wi) else "split" if fits(hi) and fits(lo) else "f64"
+        parts = [(hi, 2.0 ** (_SPLIT - p)), (lo, 2.0**-p)] if self.mode == "split" else [(wi, 2.0**-p)]
+        self.dtype = np.float64 if self.mode == "f64" else np.float32
+        self.n_out, self.parts, self.band = n_out, len(parts), BAND // len(parts)
+        ends = np.minimum(starts + wi.shape[1], n_in)
+        self.x0, self.x1, self.weights = [], [], []
+        for j0 in range(0, n_out, self.band):
+            j1 = min(j0 + self.band, n_out)
+            x0, x1 = int(starts[j0]), int(ends[j0:j1].max())
+            w = np.zeros((len(parts), self.band, x1 - x0), np.float64)
+            for j in range(j0, j1):
+                for i, (part, scale) in enumerate(parts):
+                    w[i, j - j0, starts[j] - x0: ends[j] - x0] = part[j, : ends[j] - starts[j]] * scale
+            self.x0.append(x0), self.x1.append(x1), self.weights.append(w.reshape(-1, x1 - x0).astype(self.dtype))
+        self.span = max(x1 - x0 for x0, x1 in zip(self.x0, self.x1))
+
+    def block(self) -> int:
+        """Columns of a block whose products stay on the calling thread."""
+        return max(_MIN_BLOCK, _MNK // (self.parts * self.band * self.span))
+
+    def apply(self, x: np.ndarray) -> np.ndarray:
+        """x (n_in, N) floats, any strides BLAS takes → (n_out, N) float sums
+        (float64 for a split pass)."""
+        n = x.shape[1]
+        y = np.empty((len(self.weights), self.parts * self.band, n), self.dtype)
+        for k, w in enumerate(self.weights):
+            np.matmul(w, x[self.x0[k]:self.x1[k]], out=y[k])
+        y = y.reshape(-1, self.parts, self.band, n)
+        if self.parts == 2:
+            z = y[:, 0].astype(np.float64)
+            z += y[:, 1]
+        else:
+            z = y[:, 0]
+        return z.reshape(-1, n)[: self.n_out]
 
 
-def _span(bands) -> int:
-    return max(x1 - x0 for _, _, x0, x1, _ in bands)
+_band_plan = lru_cache(maxsize=64)(_Plan)
 
 
 def _round_into(out: np.ndarray, y: np.ndarray) -> None:
@@ -183,24 +216,27 @@ _POOL = None
 def _run_blocks(fn, n: int) -> None:
     """fn(0) … fn(n-1), over the cores (numpy and the BLAS release the GIL)."""
     global _POOL
-    if n <= 1 or (os.cpu_count() or 1) == 1:
+    workers = THREADS or min(os.cpu_count() or 1, 8)
+    if n <= 1 or workers == 1:
         for i in range(n):
             fn(i)
         return
-    if _POOL is None:
+    if _POOL is None or _POOL._max_workers != workers:
         from concurrent.futures import ThreadPoolExecutor
 
-        _POOL = ThreadPoolExecutor(max_workers=min(os.cpu_count() or 1, 8), thread_name_prefix="resize")
+        _POOL = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="resize")
     list(_POOL.map(fn, range(n)))
 
 
-def _resize_width(a: np.ndarray, n_out: int, kind: str) -> np.ndarray:
-    """(H, W, C) uint8 → planar (C, H, n_out) uint8: blocks of rows as planar
-    floats (C·rows, W), times each band's (window, outputs) matrix."""
+def _resize_widths(a: np.ndarray, widths: list, kind: str) -> list:
+    """(H, W, C) uint8 → (C, w, H) uint8 (transposed: each column contiguous) for
+    each w in `widths`: a block of rows becomes planar floats (C·rows, W) once,
+    and each pass multiplies it."""
     h, n_in, c = a.shape
-    bands, dtype = _band_plan(n_in, n_out, kind)
-    out = np.empty((c, h, n_out), np.uint8)
-    rows = max(_MIN_BLOCK, _MNK // (BAND * _span(bands) * c))
+    plans = [_band_plan(n_in, n_out, kind) for n_out in widths]
+    outs = [np.empty((c, n_out, h), np.uint8) for n_out in widths]
+    dtype = np.float64 if any(p.mode == "f64" for p in plans) else np.float32
+    rows = max(_MIN_BLOCK, min(p.block() for p in plans) // c)
 
     def block(i):
         x = a[i * rows:(i + 1) * rows]
@@ -208,12 +244,30 @@ def _resize_width(a: np.ndarray, n_out: int, kind: str) -> np.ndarray:
         planar = np.empty((c, r, n_in), dtype)
         planar[...] = x.transpose(2, 0, 1)
         planar = planar.reshape(c * r, n_in)
-        y = np.empty((c * r, n_out), dtype)
-        for j0, j1, x0, x1, w in bands:
-            y[:, j0:j1] = planar[:, x0:x1] @ w.T  # (numpy buffers a strided out=)
-        _round_into(out[:, i * rows:i * rows + r], y.reshape(c, r, n_out))
+        for plan, out in zip(plans, outs):
+            src = planar if plan.dtype == dtype else planar.astype(plan.dtype)
+            y = plan.apply(src.T)  # (n_out, C·rows)
+            _round_into(out[:, :, i * rows:i * rows + r], y.reshape(-1, c, r).transpose(1, 0, 2))
 
     _run_blocks(block, -(-h // rows))
+    return outs
+
+
+def _resize_columns(cols: np.ndarray, n_out: int, kind: str, out: np.ndarray) -> np.ndarray:
+    """(C, W, H) uint8, columns contiguous → out (n_out, W, C), any strides: the
+    row pass over blocks of columns."""
+    c, w, n_in = cols.shape
+    plan = _band_plan(n_in, n_out, kind)
+    n = plan.block()
+    target = out.transpose(2, 1, 0)  # (C, W, n_out)
+    strips = [(ch, w0) for ch in range(c) for w0 in range(0, w, n)]
+
+    def block(k):
+        ch, w0 = strips[k]
+        y = plan.apply(cols[ch, w0:w0 + n].astype(plan.dtype).T)  # (n_out, columns)
+        _round_into(target[ch, w0:w0 + n].T, y)
+
+    _run_blocks(block, len(strips))
     return out
 
 
@@ -221,44 +275,51 @@ def _resize_rows(slabs: np.ndarray, n_out: int, kind: str, out: np.ndarray) -> n
     """(S, H, N) uint8 → out (S, n_out, N), any strides: each slab's rows resized,
     in column strips of floats."""
     s, n_in, n = slabs.shape
-    bands, dtype = _band_plan(n_in, n_out, kind)
-    cols = max(_MIN_BLOCK, _MNK // (BAND * _span(bands)))
+    plan = _band_plan(n_in, n_out, kind)
+    cols = plan.block()
     strips = [(i, c0) for i in range(s) for c0 in range(0, n, cols)]
 
     def block(k):
         i, c0 = strips[k]
-        x = slabs[i, :, c0:c0 + cols].astype(dtype)
-        y = np.empty((n_out, x.shape[1]), dtype)
-        for j0, j1, x0, x1, w in bands:
-            np.matmul(w, x[x0:x1], out=y[j0:j1])
-        _round_into(out[i, :, c0:c0 + cols], y)
+        _round_into(out[i, :, c0:c0 + cols], plan.apply(slabs[i, :, c0:c0 + cols].astype(plan.dtype)))
 
     _run_blocks(block, len(strips))
     return out
 
 
+def resize_uint8_many(image: np.ndarray, sizes, kind: str = "bilinear") -> list:
+    """`resize_uint8` of one image to each (height, width) in `sizes`; the
+    column passes share one read of the image."""
+    image = np.asarray(image, np.uint8)
+    if image.ndim == 2:
+        return [r[:, :, 0] for r in resize_uint8_many(image[:, :, None], sizes, kind)]
+    h, w, c = image.shape
+    widths = sorted({width for _, width in sizes if width != w})
+    columns = dict(zip(widths, _resize_widths(image, widths, kind))) if widths else {}
+    results = []
+    for height, width in sizes:
+        if width == w:
+            if height == h:
+                results.append(image)
+                continue
+            out = np.empty((height, w, c), np.uint8)
+            _resize_rows(image.reshape(1, h, w * c), height, kind, out.reshape(1, height, w * c))
+        else:
+            out = np.empty((height, width, c), np.uint8)
+            if height == h:
+                out[...] = columns[width].transpose(2, 1, 0)
+            else:
+                _resize_columns(columns[width], height, kind, out)
+        results.append(out)
+    return results
+
+
 def resize_uint8(image: np.ndarray, height: int, width: int, kind: str = "bilinear") -> np.ndarray:
     """Antialiased resize of an (H, W, C) or (H, W) uint8 array, bit-exact with
     torchvision's uint8 kernel (`kind` "bilinear" or "lanczos"): rows first, then
-    columns, each pass rounded to uint8. The input is read once, in blocks; no
-    whole-image copy wider than uint8 is made."""
-    image = np.asarray(image, np.uint8)
-    if image.ndim == 2:
-        return resize_uint8(image[:, :, None], height, width, kind)[:, :, 0]
-    h, w, c = image.shape
-    if w == width:
-        if h == height:
-            return image
-        out = np.empty((height, w, c), np.uint8)
-        _resize_rows(image.reshape(1, h, w * c), height, kind, out.reshape(1, height, w * c))
-        return out
-    planar = _resize_width(image, width, kind)  # (C, H, width)
-    out = np.empty((height, width, c), np.uint8)
-    if h == height:
-        out[...] = planar.transpose(1, 2, 0)
-    else:  # the row pass writes straight into the interleaved result
-        _resize_rows(planar, height, kind, out.transpose(2, 0, 1))
-    return out
+    columns, each pass rounded to uint8. The input is read once, in blocks of
+    rows; no whole-image copy wider than uint8 is made."""
+    return resize_uint8_many(image, [(height, width)], kind)[0]
 
 
 @lru_cache(maxsize=16)

@@ -77,10 +77,30 @@ def test_photo_sizes(src, dst, kind):
     assert np.array_equal(resize_uint8(a, *dst, kind), oracle(a, *dst, kind))
 
 
-def test_both_float_types_are_used_and_exact():
-    """The plan picks float32 only where every partial sum stays below 2^24."""
-    assert image_mod._band_plan(4032, 1536, "bilinear")[1] == np.float32
-    assert image_mod._band_plan(4032, 576, "bilinear")[1] == np.float64
+@pytest.mark.parametrize("n_in,n_out,mode", [
+    (4032, 1536, "f32"),  # every partial sum below 2^24
+    (4032, 576, "split"),  # 255·Σw passes 2^24: hi/lo halves of the weights
+    (4032, 1456, "split"),  # lanczos' negative lobes: Σ|w| ≈ 1.37·2^p
+    (8064, 16, "f64"),  # ~1000 taps: even the halves' sums pass 2^24
+])
+def test_each_arithmetic_is_used_and_exact(n_in, n_out, mode):
+    kind = "lanczos" if n_out == 1456 else "bilinear"
+    assert image_mod._band_plan(n_in, n_out, kind).mode == mode
+    rng = np.random.default_rng(n_out)
+    for style in ("noise", "extremes"):
+        a = random_image(rng, 4, n_in, style=style)
+        assert np.array_equal(resize_uint8(a, 4, n_out, kind), oracle(a, 4, n_out, kind))
+        t = np.ascontiguousarray(a.transpose(1, 0, 2))
+        assert np.array_equal(resize_uint8(t, n_out, 4, kind), oracle(t, n_out, 4, kind))
+
+
+def test_many_sizes_share_the_column_pass():
+    a = random_image(np.random.default_rng(5), 301, 403)
+    sizes = [(128, 192), (41, 57), (301, 57), (100, 403), (301, 403), (64, 192)]
+    got = image_mod.resize_uint8_many(a, sizes, "bilinear")
+    for (h, w), g in zip(sizes, got):
+        assert g.shape == (h, w, 3) and g.flags.c_contiguous
+        assert np.array_equal(g, oracle(a, h, w, "bilinear"))
 
 
 @pytest.mark.parametrize("channels", [1, 3, 4])
