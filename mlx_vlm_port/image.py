@@ -102,19 +102,27 @@ FILTERS = {"bilinear": (_triangle, 1.0), "lanczos": (_lanczos3, 3.0)}
 @lru_cache(maxsize=128)
 def _aa_taps(n_in: int, n_out: int, kind: str = "bilinear"):
     """Taps of torch's antialiased `kind` pass n_in → n_out (align_corners=False):
-    each output i reads inputs starts[i] .. starts[i]+K-1 with weights[i] (summing to 1)."""
+    each output i reads inputs starts[i] .. starts[i]+K-1 with weights[i] (summing to 1).
+
+    Vectorised over the outputs with the same float operations as a loop over
+    them; each output's normalising sum runs over exactly its own taps (rows are
+    summed in groups of equal length), so the values are the loop's bit for bit."""
     kernel, half = FILTERS[kind]
     scale = n_in / n_out
     support, inv = (half * scale, 1.0 / scale) if scale >= 1.0 else (half, 1.0)
-    starts = np.zeros(n_out, np.int64)
-    weights = np.zeros((n_out, int(np.ceil(support)) * 2 + 1), np.float64)
-    for i in range(n_out):
-        center = scale * (i + 0.5)
-        x0 = max(int(center - support + 0.5), 0)
-        x1 = min(int(center + support + 0.5), n_in)
-        ws = kernel((np.arange(x0, x1) - center + 0.5) * inv)
-        starts[i] = x0
-        weights[i, : x1 - x0] = ws / ws.sum()
+    k = int(np.ceil(support)) * 2 + 1
+    center = scale * (np.arange(n_out) + 0.5)
+    starts = np.maximum(np.trunc(center - support + 0.5), 0).astype(np.int64)
+    ends = np.minimum(np.trunc(center + support + 0.5), n_in).astype(np.int64)
+    x = starts[:, None] + np.arange(k)
+    inside = x < ends[:, None]
+    ws = np.where(inside, kernel((x - center[:, None] + 0.5) * inv), 0.0)
+    weights = np.zeros((n_out, k), np.float64)
+    counts = ends - starts
+    for n in np.unique(counts):
+        rows = np.flatnonzero(counts == n)
+        block = np.ascontiguousarray(ws[rows, :n])
+        weights[rows, :n] = block / block.sum(axis=1, keepdims=True)
     return starts, weights
 
 
@@ -169,15 +177,17 @@ class _Plan:
         self.dtype = np.float64 if self.mode == "f64" else np.float32
         self.n_out, self.parts, self.band = n_out, len(parts), BAND // len(parts)
         ends = np.minimum(starts + wi.shape[1], n_in)
-        self.x0, self.x1, self.weights = [], [], []
-        for j0 in range(0, n_out, self.band):
-            j1 = min(j0 + self.band, n_out)
-            x0, x1 = int(starts[j0]), int(ends[j0:j1].max())
-            w = np.zeros((len(parts), self.band, x1 - x0), np.float64)
-            for j in range(j0, j1):
-                for i, (part, scale) in enumerate(parts):
-                    w[i, j - j0, starts[j] - x0: ends[j] - x0] = part[j, : ends[j] - starts[j]] * scale
-            self.x0.append(x0), self.x1.append(x1), self.weights.append(w.reshape(-1, x1 - x0).astype(self.dtype))
+        first = np.arange(0, n_out, self.band)
+        x0, x1 = starts[first], np.maximum.reduceat(ends, first)
+        w = np.zeros((len(first), len(parts), self.band, int((x1 - x0).max())), np.float64)
+        j = np.arange(n_out)
+        for t in range(wi.shape[1]):  # tap t of output j: band j // band, column starts[j] + t - x0
+            ok = starts + t < ends
+            for i, (part, scale) in enumerate(parts):
+                w[j[ok] // self.band, i, j[ok] % self.band, (starts + t - x0[j // self.band])[ok]] = part[ok, t] * scale
+        self.x0, self.x1 = x0.tolist(), x1.tolist()
+        self.weights = [w[k, :, :, : x1[k] - x0[k]].reshape(-1, x1[k] - x0[k]).astype(self.dtype)
+                        for k in range(len(first))]
         self.span = max(x1 - x0 for x0, x1 in zip(self.x0, self.x1))
 
     def block(self) -> int:

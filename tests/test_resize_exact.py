@@ -133,3 +133,40 @@ def test_normalize_table_equals_the_formula(mean, std, rescale):
     got = image_mod.normalize_uint8(image, mean, std, rescale)
     assert got.dtype == np.float32 and got.shape == image.shape
     assert np.array_equal(got.view(np.uint32), expected.view(np.uint32))  # bit for bit
+
+
+def oracle_taps(n_in: int, n_out: int, kind: str):
+    """The taps as first written: one output at a time."""
+    kernel, half = image_mod.FILTERS[kind]
+    scale = n_in / n_out
+    support, inv = (half * scale, 1.0 / scale) if scale >= 1.0 else (half, 1.0)
+    starts = np.zeros(n_out, np.int64)
+    weights = np.zeros((n_out, int(np.ceil(support)) * 2 + 1), np.float64)
+    for i in range(n_out):
+        center = scale * (i + 0.5)
+        x0 = max(int(center - support + 0.5), 0)
+        x1 = min(int(center + support + 0.5), n_in)
+        ws = kernel((np.arange(x0, x1) - center + 0.5) * inv)
+        starts[i] = x0
+        weights[i, : x1 - x0] = ws / ws.sum()
+    return starts, weights
+
+
+@settings(max_examples=300, deadline=None)
+@given(n_in=st.integers(1, 5000), n_out=st.integers(1, 5000), kind=st.sampled_from(["bilinear", "lanczos"]))
+def test_vectorised_taps_equal_the_loop(n_in, n_out, kind):
+    starts, weights = image_mod._aa_taps.__wrapped__(n_in, n_out, kind)
+    ref_starts, ref_weights = oracle_taps(n_in, n_out, kind)
+    assert np.array_equal(starts, ref_starts)
+    assert np.array_equal(weights.view(np.int64), ref_weights.view(np.int64))  # bit for bit
+
+
+@pytest.mark.parametrize("n_in,n_out", [(4032, 1536), (4032, 576), (3024, 1024), (3024, 416), (4032, 1456),
+                                        (3024, 1092), (1456, 364), (8064, 2048), (1920, 2048), (1080, 1024),
+                                        (16, 1024), (1024, 16), (6000, 4096), (4000, 1456)])
+def test_vectorised_taps_on_photo_sizes(n_in, n_out):
+    for kind in ("bilinear", "lanczos"):
+        starts, weights = image_mod._aa_taps.__wrapped__(n_in, n_out, kind)
+        ref_starts, ref_weights = oracle_taps(n_in, n_out, kind)
+        assert np.array_equal(starts, ref_starts)
+        assert np.array_equal(weights.view(np.int64), ref_weights.view(np.int64))
