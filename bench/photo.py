@@ -67,7 +67,7 @@ def _peak_rss_mb() -> float:
 
 # ---------------------------------------------------------------- inputs
 
-def build_inputs(cache: Path, sizes) -> dict:
+def build_inputs(cache: Path, sizes, heic=()) -> dict:
     """The checkpoint folder and, per size, the photo files (built once, cached)."""
     sys.path.insert(0, str(ROOT))
     import numpy as np
@@ -83,9 +83,9 @@ def build_inputs(cache: Path, sizes) -> dict:
     files = {}
     for name in sizes:
         w, h = SIZES[name]
-        paths = {fmt: cache / f"{name}.{fmt}" for fmt in ("jpg", "png", "heic")}
+        paths = {fmt: cache / f"{name}.{fmt}" for fmt in ("jpg", "png") + ("heic",) * (name in heic)}
         files[name] = {k: str(v) for k, v in paths.items()}
-        if all(p.exists() for p in paths.values()):
+        if all(p.exists() and p.stat().st_size for p in paths.values()):
             continue
         # A 2016x1512 synthetic photo (gradients, stripes, shapes, noise) tiled to the size:
         # structure everywhere, cheap to make at 48 MP.
@@ -98,8 +98,10 @@ def build_inputs(cache: Path, sizes) -> dict:
         exif[0x0112] = 6
         upright.transpose(Image.Transpose.ROTATE_90).save(paths["jpg"], quality=90, exif=exif.tobytes())
         upright.save(paths["png"], compress_level=1)
-        _heif()
-        upright.save(paths["heic"], format="HEIF", quality=90)
+        if "heic" in paths and _heif():  # (HEIC encoding is slow: only for the timed sizes)
+            tmp = paths["heic"].with_suffix(".tmp")
+            upright.save(tmp, format="HEIF", quality=90)
+            tmp.replace(paths["heic"])
     return {"model": str(model), "files": files}
 
 
@@ -157,8 +159,13 @@ def child_stages(args) -> dict:
         im.load()
         return im
 
+    errors = {}
     for fmt in ("jpg", "png", "heic"):
-        out[f"decode {fmt}"] = _median_ms(lambda: opened(files[fmt]), r)
+        if fmt in files:
+            try:
+                out[f"decode {fmt}"] = _median_ms(lambda: opened(files[fmt]), r)
+            except Exception as e:  # e.g. a HEIC this libheif cannot decode: say so, go on
+                out[f"decode {fmt}"], errors[fmt] = None, f"{type(e).__name__}: {e}"
     raw = opened(files["jpg"])
     out["EXIF orientation (rotate)"] = _median_ms(lambda: ImageOps.exif_transpose(raw), r)
     upright = ImageOps.exif_transpose(raw)
@@ -192,7 +199,7 @@ def child_stages(args) -> dict:
 
     first_token()
     out["time to first token from the JPEG file (tiny model)"] = _median_ms(first_token, max(1, r // 2))
-    return {"stages_ms": out, "views": len(views), "grid": list(grid), "thumbnail": list(size),
+    return {"stages_ms": out, "errors": errors, "views": len(views), "grid": list(grid), "thumbnail": list(size),
             "size": list(upright.size)}
 
 
@@ -326,8 +333,13 @@ def write_report(res: dict, path: Path) -> None:
     names = [n for n in res["sizes"] if n in res["stages"]]
     lines += ["| step | " + " | ".join(f"{n} (ms)" for n in names) + " |",
               "|---|" + "---|" * len(names)]
-    for step in res["stages"][names[0]]["stages_ms"]:
-        lines.append(f"| {step} | " + " | ".join(f"{res['stages'][n]['stages_ms'][step]:.1f}" for n in names) + " |")
+    steps = list(dict.fromkeys(k for n in names for k in res["stages"][n]["stages_ms"]))
+    cell = lambda v: "failed" if v is None else f"{v:.1f}"  # noqa: E731
+    for step in steps:
+        lines.append(f"| {step} | " + " | ".join(cell(res["stages"][n]["stages_ms"].get(step)) for n in names) + " |")
+    for n in names:
+        for fmt, err in res["stages"][n].get("errors", {}).items():
+            lines.append(f"\n{n} {fmt}: {err}")
     lines += ["", "## Peak memory of one processor call (fresh process, decoded image given)", "",
               "| photo | image (MB, RGB) | side | peak RSS growth (MB) | numpy traced peak (MB) |",
               "|---|---|---|---|---|"]
@@ -370,7 +382,7 @@ def main(argv=None) -> int:
            "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "machine": machine(),
            "versions": versions(), "load_start": load_avg(), "sizes": sizes, "repeats": args.repeats,
            "stages": {}, "ab": {}, "first": {}, "memory": {}}
-    inputs = build_inputs(args.cache, sorted(set(sizes) | set(mem_sizes)))
+    inputs = build_inputs(args.cache, sorted(set(sizes) | set(mem_sizes)), heic=sizes)
     model, files = inputs["model"], inputs["files"]
     for name in sizes:
         print(f"[{name}] stages", flush=True)
