@@ -11,7 +11,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from .config import known_fields
-from .image import normalize_uint8, resize_uint8
+from .image import normalize_uint8, resize_uint8, resize_uint8_many
 from .options import ImageOptions
 
 
@@ -128,11 +128,10 @@ class ImageProcessor:
         if _is_too_large(height, width, c, o.max_image_tokens) and not min_tiles == max_tiles == 1:
             rows, cols = grid_layout(height, width, min_tiles, max_tiles, c.tile_size)
             t = c.tile_size
-            big = resize_uint8(image, rows * t, cols * t)
+            thumbnail = o.use_thumbnail and rows * cols != 1
+            big, *thumb = resize_uint8_many(image, [(rows * t, cols * t)] + [size] * thumbnail)
             views = [big[r * t:(r + 1) * t, q * t:(q + 1) * t] for r in range(rows) for q in range(cols)]
-            if o.use_thumbnail and rows * cols != 1:
-                views.append(resize_uint8(image, *size))
-            return views, (rows, cols), size
+            return views + thumb, (rows, cols), size
         return [resize_uint8(image, *size)], (1, 1), size
 
     def patchify(self, view: np.ndarray, max_patches: int) -> tuple[np.ndarray, int, int]:
