@@ -1,12 +1,16 @@
 """The CPU backend's layers: subclasses of MLX's and of the model files' modules,
 with the same parameters and names, swapped in by `use_cpu_backend`.
 
-- One row (each decoding step): MKL runs a one-row float32 product on a single
-  thread (~20 GB/s of weights here), and so does MLX's CPU quantized kernel. The
-  layer splits its output rows over two CPU streams, one per core (~25-28 GB/s).
-  The two streams' handover costs ~60 µs, more than it saves below ~2M float
-  weights (1024×1024: no gain; 3072×1024: 645 -> 500 µs); the slower quantized
-  kernel always gains.
+- One row (each decoding step), float32: MLX's CPU matmul hands a one-row product
+  to sgemm, which streams the weights at ~9 GB/s with OpenBLAS; numpy's own BLAS,
+  called on zero-copy views of the same buffers, runs sgemv on both cores near
+  the read bandwidth. Every float32 one-row product goes there (a float32 450M
+  decode step: 217 -> 114 ms with OpenBLAS; leaving the small layers to MLX made
+  it slower, 356 ms, with two BLAS thread pools taking turns).
+- One row, other dtypes, and MLX's CPU quantized kernel (single-threaded too):
+  the layer splits its output rows over two CPU streams, one per core. The two
+  streams' handover costs ~60 µs, more than it saves below ~2M float weights
+  (1024×1024: no gain; 3072×1024: 645 -> 500 µs); the quantized kernel always gains.
 - Several rows through a quantized layer (a prompt): MLX's CPU quantized_matmul
   does not use BLAS (a 4608×1024 layer took 1.2 s for 269 rows); dequantizing the
   weight and using the dense matmul took 27 ms. Each stream dequantizes and
@@ -21,13 +25,14 @@ from __future__ import annotations
 
 import mlx.core as mx
 import mlx.nn as nn
+import numpy as np
 
 from ...models import idefics3, lfm2, lfm2_vl, llama, siglip2
 from .numpy_ops import attention, gelu_tanh, silu_mul
 from .streams import split_apply
 
 DENSE_FROM_ROWS = 4  # below this many rows the quantized kernel is cheaper than dequantizing
-SPLIT_FROM = 1 << 21  # float weights this large or larger are split over two streams for one row
+SPLIT_FROM = 1 << 21  # non-float32 weights this large or larger are split over two streams for one row
 
 
 def _rows(x: mx.array) -> int:
@@ -37,6 +42,23 @@ def _rows(x: mx.array) -> int:
 def _matvec(x: mx.array, weight: mx.array) -> mx.array:
     """x (…, 1 row, in) @ weight (out, in).T, the output rows in two halves."""
     return split_apply(lambda w: x @ w.T, (weight,), axis=0, out_axis=-1)
+
+
+def _numpy_matvec(x: mx.array, weight: mx.array) -> mx.array:
+    """x (…, 1 row, in) @ weight (out, in).T by numpy's BLAS, on views of both buffers
+    (x is evaluated here: one synchronisation per layer)."""
+    mx.eval(x)
+    y = np.asarray(x).reshape(1, -1) @ np.asarray(weight).T  # (1, in) @ (in, out): sgemv, no copy
+    return mx.array(y.reshape(*x.shape[:-1], y.shape[-1]))
+
+
+def _one_row(x: mx.array, weight: mx.array) -> mx.array | None:
+    """The one-row product by the fastest route here, or None for MLX's own layer."""
+    if _rows(x) != 1:
+        return None
+    if x.dtype == weight.dtype == mx.float32:
+        return _numpy_matvec(x, weight)
+    return _matvec(x, weight) if weight.size >= SPLIT_FROM else None
 
 
 def _split_quantized(layer, fn) -> mx.array:
@@ -67,16 +89,14 @@ def _with_bias(layer, y: mx.array) -> mx.array:
 
 class Linear(nn.Linear):
     def __call__(self, x: mx.array) -> mx.array:
-        if _rows(x) == 1 and self["weight"].size >= SPLIT_FROM:
-            return _with_bias(self, _matvec(x, self["weight"]))
-        return super().__call__(x)
+        y = _one_row(x, self["weight"])
+        return super().__call__(x) if y is None else _with_bias(self, y)
 
 
 class Embedding(nn.Embedding):
     def as_linear(self, x: mx.array) -> mx.array:
-        if _rows(x) == 1 and self["weight"].size >= SPLIT_FROM:
-            return _matvec(x, self["weight"])
-        return super().as_linear(x)
+        y = _one_row(x, self["weight"])
+        return super().as_linear(x) if y is None else y
 
 
 class QuantizedLinear(nn.QuantizedLinear):
