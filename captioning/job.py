@@ -46,7 +46,7 @@ class Job:
     def image_options(self, family: str) -> ImageOptions:
         """The image options for a model of `family` (model_type): the preset's, then the job's own."""
         preset = DETAILS[self.detail][family] if self.detail else ImageOptions()
-        return preset.merged(self.image)
+        return preset.updated(**self.image.given())
 
 
 @dataclass

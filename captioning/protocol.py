@@ -28,7 +28,7 @@ from pathlib import Path
 from mlx_vlm_port.options import ImageOptions, SamplingOptions, specs
 
 from .errors import Exit, Failure
-from .job import DEFAULT_PROMPT, DETAILS, Job
+from .job import DEFAULT_PROMPT, Job
 
 MAX_REQUEST_BYTES = 64 * 1024 * 1024  # a base64 screenshot fits with room to spare
 
@@ -83,17 +83,20 @@ def job_from_request(request: dict) -> Job:
     system = request.get("system")
     if system is not None and not isinstance(system, str):
         raise Failure(Exit.USAGE, '"system" must be a string (or null)')
-    detail = request.get("detail")
-    if detail is not None and detail not in DETAILS:
-        raise Failure(Exit.USAGE, f'"detail" must be one of {", ".join(DETAILS)} (or null)')
-    options = {}
-    for cls in (SamplingOptions, ImageOptions):
-        values = {}
-        for name, spec in specs(cls).items():
-            if request.get(name) is not None:
-                try:
-                    values[name] = spec.check(request[name])
-                except ValueError as e:
-                    raise Failure(Exit.USAGE, f'"{name}": {e}') from None
-        options[cls] = cls(**values)
-    return Job(prompt, system, options[SamplingOptions], options[ImageOptions], detail)
+    try:
+        return Job(prompt, system, _options(SamplingOptions, request), _options(ImageOptions, request),
+                   request.get("detail"))
+    except ValueError as e:  # the detail preset's name (Job checks it)
+        raise Failure(Exit.USAGE, f'"detail": {e}') from None
+
+
+def _options(cls, request: dict):
+    """The request's fields of options class `cls` (null: the default), each checked."""
+    values = {}
+    for name, spec in specs(cls).items():
+        if request.get(name) is not None:
+            try:
+                values[name] = spec.check(request[name])
+            except ValueError as e:
+                raise Failure(Exit.USAGE, f'"{name}": {e}') from None
+    return cls(**values)

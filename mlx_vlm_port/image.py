@@ -195,8 +195,7 @@ _SPLIT = 8
 # and are spread over the cores by a thread pool instead.
 _MNK = 1 << 18
 _MIN_BLOCK = 8
-# Worker threads of the resize (None: one per core, at most 8).
-THREADS = None
+_WORKERS = max(1, min(os.cpu_count() or 1, 8))  # resize threads (numpy and the BLAS release the GIL)
 
 
 class _Plan:
@@ -258,22 +257,21 @@ def _round_into(out: np.ndarray, y: np.ndarray) -> None:
     out[...] = y  # in range, the cast truncates, which is floor
 
 
-_POOL = None
+@lru_cache(maxsize=1)
+def _pool():
+    """The resize's thread pool, made on first use (importing this module starts no threads)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    return ThreadPoolExecutor(max_workers=_WORKERS, thread_name_prefix="resize")
 
 
 def _run_blocks(fn, n: int) -> None:
-    """fn(0) … fn(n-1), over the cores (numpy and the BLAS release the GIL)."""
-    global _POOL
-    workers = THREADS or min(os.cpu_count() or 1, 8)
-    if n <= 1 or workers == 1:
+    """fn(0) … fn(n-1), over the cores."""
+    if n <= 1 or _WORKERS == 1:
         for i in range(n):
             fn(i)
         return
-    if _POOL is None or _POOL._max_workers != workers:
-        from concurrent.futures import ThreadPoolExecutor
-
-        _POOL = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="resize")
-    list(_POOL.map(fn, range(n)))
+    list(_pool().map(fn, range(n)))
 
 
 def _resize_widths(a: np.ndarray, widths: list, kind: str) -> list:

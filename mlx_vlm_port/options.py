@@ -143,7 +143,3 @@ class ImageOptions(_Checked):
             raise UnsupportedOption(f"{', '.join(unknown)} does not apply to {label or family} "
                                     f"checkpoints (their image options: {', '.join(allowed)})")
         return self.given()
-
-    def merged(self, override: "ImageOptions") -> "ImageOptions":
-        """These options with those set in `override` taking their place."""
-        return self.updated(**override.given())
