@@ -56,9 +56,11 @@ def check_weights(model: nn.Module, weights: dict, where: str) -> None:
 
 
 def build_model(checkpoint: Checkpoint, *, dtype: mx.Dtype | None = None, bits: int | None = None,
-                group_size: int = 64, cpu_backend: bool | None = None) -> nn.Module:
+                group_size: int = 64, cpu_backend: bool | None = None, low_memory: bool | None = None
+                ) -> nn.Module:
     """The checkpoint's model with its weights. `cpu_backend` (default: when MLX runs
-    on the CPU) swaps in backends/cpu's modules; off, the model is plain MLX."""
+    on the CPU) swaps in backends/cpu's modules; off, the model is plain MLX.
+    `low_memory` (CPU backend only): see backends.cpu.hold_float_weights."""
     path, family = checkpoint.path, checkpoint.family
     if not (path / "config.json").exists():
         raise ModelLoadError(f"{path}: no config.json")
@@ -91,27 +93,32 @@ def build_model(checkpoint: Checkpoint, *, dtype: mx.Dtype | None = None, bits: 
     if on_cpu if cpu_backend is None else cpu_backend:
         from .backends.cpu import use_cpu_backend
 
-        use_cpu_backend(model)
+        use_cpu_backend(model, low_memory)
     mx.eval(model.parameters())
     model.eval()
     return model
 
 
 def load_model(path: str | os.PathLike, *, dtype: mx.Dtype | None = None, bits: int | None = None,
-               group_size: int = 64, cpu_backend: bool | None = None) -> nn.Module:
+               group_size: int = 64, cpu_backend: bool | None = None, low_memory: bool | None = None
+               ) -> nn.Module:
     """The model alone (see `load`)."""
     return build_model(Checkpoint.open(path), dtype=dtype, bits=bits, group_size=group_size,
-                       cpu_backend=cpu_backend)
+                       cpu_backend=cpu_backend, low_memory=low_memory)
 
 
 def load(path_or_repo: str | os.PathLike = "LiquidAI/LFM2.5-VL-450M", *, dtype: mx.Dtype | None = None,
-         bits: int | None = None, group_size: int = 64) -> tuple[nn.Module, Processor]:
+         bits: int | None = None, group_size: int = 64, low_memory: bool | None = None
+         ) -> tuple[nn.Module, Processor]:
     """Load an LFM2-VL or Idefics3 (SmolVLM) checkpoint: a local folder or a hub id.
 
     `dtype` casts float weights (default: float32 on the CPU, as stored elsewhere);
-    `bits` quantizes a float checkpoint on the fly."""
+    `bits` quantizes a float checkpoint on the fly. On the CPU, a quantized language
+    model decodes from float32 copies of its weights (faster, 4 bytes a weight more)
+    unless `low_memory` is True; None decides by the memory available, and the
+    environment's MLX_VLM_PORT_LOW_MEMORY=1 or 0 overrides that."""
     checkpoint = Checkpoint.open(path_or_repo)
-    model = build_model(checkpoint, dtype=dtype, bits=bits, group_size=group_size)
+    model = build_model(checkpoint, dtype=dtype, bits=bits, group_size=group_size, low_memory=low_memory)
     try:
         processor = Processor.from_checkpoint(checkpoint)
     except Exception as e:

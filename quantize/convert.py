@@ -99,7 +99,7 @@ def convert(src: str, dst: str | Path, *, bits: int | None, group_size: int, vis
     stored = dominant_float_dtype(path)
     dtype = dtype or STORED.get(stored or "F32", "float32")
     try:
-        model = build_model(checkpoint, dtype=DTYPES[dtype])
+        model = build_model(checkpoint, dtype=DTYPES[dtype], low_memory=True)  # no float copies: it is saved, not run
     except ModelLoadError as e:
         raise QuantizeError(str(e)) from None
     if already:

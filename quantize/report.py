@@ -42,7 +42,7 @@ def describe(folder: Path, stats: Stats) -> str:
 
 
 def evaluate(path: Path, inputs: list[dict], n_tokens: int, native: bool):
-    model, _ = load(path, dtype=mx.float32)
+    model, _ = load(path, dtype=mx.float32, low_memory=True)  # native: MLX's quantized kernels, not float copies
     if not native:
         dequantize_model(model, mx.float32)
     return run_model(model, inputs, n_tokens)
@@ -71,7 +71,7 @@ def markdown_table(rows: list[dict], columns: list[str], n_tokens: int) -> str:
 def build_report(src: str, dsts: list[str], *, n_inputs: int = 4, n_tokens: int = 32, native: bool = False,
                  names: list[str] | None = None, log=sys.stderr) -> tuple[list[dict], str]:
     """Rows (one for SRC, then one per DST) and the Markdown text of the report."""
-    src_model, processor = load(src, dtype=mx.float32)
+    src_model, processor = load(src, dtype=mx.float32, low_memory=True)
     dequantize_model(src_model, mx.float32)  # a quantized SRC is compared as the float function it is
     inputs = make_inputs(processor, n_inputs)
     tic = time.perf_counter()

@@ -6,6 +6,7 @@ import mlx.core as mx
 import mlx.nn as nn
 import numpy as np
 import pytest
+from mlx.utils import tree_flatten
 
 from mlx_vlm_port import load
 from mlx_vlm_port.backends.cpu import CACHE_BYTES, layers
@@ -77,16 +78,18 @@ def test_other_dtypes_use_mlx():
     close(out, nn.gelu_approx(x), 1e-3)
 
 
-@pytest.mark.parametrize("bits", [None, 4])
-def test_cpu_layers_compute_what_mlx_layers_compute(tiny_path, bits, monkeypatch):
+@pytest.mark.parametrize("bits,low_memory", [(None, None), (4, True), (4, False)])
+def test_cpu_layers_compute_what_mlx_layers_compute(tiny_path, bits, low_memory, monkeypatch):
     """load() swaps in the two-core / dense-prompt layers; each path (one row,
-    a few rows, a prompt; the tied head) agrees with MLX's own layer."""
+    a few rows, a prompt; the tied head; quantized from the packed weights or from
+    their float copies) agrees with MLX's own layer."""
     monkeypatch.setattr(layers, "SPLIT_FROM", 0)  # the tiny weights take the split path too
-    model, processor = load(tiny_path, bits=bits, group_size=32)
+    model, processor = load(tiny_path, bits=bits, group_size=32, low_memory=low_memory)
     kinds = {type(m) for _, m in model.named_modules()}
     assert not kinds & set(layers.SWAPS), "a layer kept MLX's class"
     linear = model.language_model.model.layers[0].feed_forward.w1
     embedding = model.language_model.model.embed_tokens
+    assert ("_dense" in linear) == ("_dense" in embedding) == (bits is not None and not low_memory)
     base = {v: k for k, v in layers.SWAPS.items()}
     dim = model.config.text_config.hidden_size
     for rows in (1, 2, 9):
@@ -97,6 +100,51 @@ def test_cpu_layers_compute_what_mlx_layers_compute(tiny_path, bits, monkeypatch
             assert got.shape == want.shape == (1, rows, want.shape[-1])
             np.testing.assert_allclose(np.asarray(got), np.asarray(want), rtol=1e-4, atol=1e-4)
     assert np.isfinite(last_logits(model, processor)).all()
+
+
+def quantized_lm(model) -> list:
+    return [m for _, m in model.language_model.named_modules()
+            if isinstance(m, (nn.QuantizedLinear, nn.QuantizedEmbedding))]
+
+
+def test_float_copies_of_quantized_weights(tiny_path):
+    """A quantized language model decodes from float32 copies of its weights: each
+    copy is its layer's dequantized weight, no parameter (nothing saved changes),
+    the vision tower keeps none, and the logits match the packed weights'."""
+    model, processor = load(tiny_path, bits=4, group_size=32, low_memory=False)
+    packed, _ = load(tiny_path, bits=4, group_size=32, low_memory=True)
+    lm = quantized_lm(model)
+    assert lm and all("_dense" in m for m in lm)
+    for m in lm:
+        want = mx.dequantize(m.weight, m.scales, m.biases, group_size=m.group_size, bits=m.bits)
+        assert m["_dense"].dtype == mx.float32 and mx.array_equal(m["_dense"], want)
+    assert not any("_dense" in k for k in dict(tree_flatten(model.parameters())))
+    assert not any("_dense" in m for _, m in model.vision_tower.named_modules())
+    assert not any("_dense" in m for m in quantized_lm(packed))
+    got, want = last_logits(model, processor), last_logits(packed, processor)
+    assert np.abs(got - want).max() <= 1e-4 * np.abs(want).max()
+
+
+def test_float_copies_only_where_memory_allows(tiny_path, monkeypatch):
+    """low_memory=None holds the copies only when they take at most half the available
+    memory; MLX_VLM_PORT_LOW_MEMORY=1 or 0 decides instead, an explicit keyword over both."""
+    from mlx_vlm_port import backends
+
+    def copies(**kw) -> bool:
+        return all("_dense" in m for m in quantized_lm(load(tiny_path, bits=4, group_size=32, **kw)[0]))
+
+    monkeypatch.delenv("MLX_VLM_PORT_LOW_MEMORY", raising=False)
+    monkeypatch.setattr(backends.cpu, "available_memory", lambda: 1 << 40)
+    assert copies()
+    monkeypatch.setattr(backends.cpu, "available_memory", lambda: 1000)
+    assert not any("_dense" in m for m in quantized_lm(load(tiny_path, bits=4, group_size=32)[0]))
+    monkeypatch.setenv("MLX_VLM_PORT_LOW_MEMORY", "0")
+    assert copies()
+    assert not copies(low_memory=True)
+    monkeypatch.setattr(backends.cpu, "available_memory", lambda: 1 << 40)
+    monkeypatch.setenv("MLX_VLM_PORT_LOW_MEMORY", "1")
+    assert not any("_dense" in m for m in quantized_lm(load(tiny_path, bits=4, group_size=32)[0]))
+    assert copies(low_memory=False)
 
 
 def test_load_keeps_freed_buffers_for_reuse_on_the_cpu(tiny_path):

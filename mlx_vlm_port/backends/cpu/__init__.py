@@ -1,9 +1,12 @@
 """The CPU backend: numpy softmax/GELU/SiLU, one-row products split over both
-cores, quantized prompts through the dense matmul (layers.py), and the buffer
-cache policy. `load()` calls `use_cpu_backend` when MLX runs on the CPU.
+cores, quantized prompts through the dense matmul, float32 copies of quantized
+language-model weights (layers.py), and the buffer cache policy. `load()` calls
+`use_cpu_backend` when MLX runs on the CPU.
 """
 
 from __future__ import annotations
+
+import os
 
 import mlx.core as mx
 import mlx.nn as nn
@@ -11,15 +14,60 @@ import mlx.nn as nn
 from .layers import SWAPS
 
 CACHE_BYTES = 64 << 20  # freed buffers MLX keeps for reuse on the CPU (its default there: 32 MB)
+FLOAT_COPY_SHARE = 0.5  # float copies are held when they take at most this share of the available memory
 
 
-def use_cpu_backend(model: nn.Module) -> None:
-    """Swap the CPU subclasses into `model` (parameters and names unchanged) and keep
-    more freed buffers. Call again after quantizing: new layers arrive as MLX's."""
+def use_cpu_backend(model: nn.Module, low_memory: bool | None = None) -> int:
+    """Swap the CPU subclasses into `model` (parameters and names unchanged), keep
+    more freed buffers, and (unless `low_memory`) give quantized language-model
+    layers float32 copies (see `hold_float_weights`); returns the copies' bytes.
+    Call again after quantizing: new layers arrive as MLX's."""
     for _, module in model.named_modules():
         if type(module) in SWAPS:
             module.__class__ = SWAPS[type(module)]
     keep_freed_buffers()
+    return hold_float_weights(model, low_memory)
+
+
+def _quantized_lm_layers(model: nn.Module) -> list:
+    lm = model["language_model"] if "language_model" in model else model
+    return [m for _, m in lm.named_modules()
+            if isinstance(m, (nn.QuantizedLinear, nn.QuantizedEmbedding)) and m["scales"].dtype == mx.float32]
+
+
+def available_memory() -> int | None:
+    """Bytes the system can give without swapping (Linux MemAvailable), else None."""
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return None
+
+
+def hold_float_weights(model: nn.Module, low_memory: bool | None = None) -> int:
+    """Give each quantized layer of the language model a float32 copy of its weight
+    (`_dense`: not a parameter, never saved), which its one-row products and prompts
+    then use: on the CPU that decodes faster than the packed weights (layers.py).
+    Costs 4 bytes per weight on top of the packed ones (450M: ~1.4 GB). `low_memory`
+    None decides by memory: copies only if they take at most FLOAT_COPY_SHARE of the
+    available memory; MLX_VLM_PORT_LOW_MEMORY=1 (or 0) overrides that. Returns bytes held."""
+    if low_memory is None and os.environ.get("MLX_VLM_PORT_LOW_MEMORY", "") in ("0", "1"):
+        low_memory = os.environ["MLX_VLM_PORT_LOW_MEMORY"] == "1"
+    layers = [m for m in _quantized_lm_layers(model) if "_dense" not in m]
+    need = sum(m["scales"].size * m.group_size * 4 for m in layers)
+    if low_memory is None:
+        free = available_memory()
+        low_memory = free is not None and need > FLOAT_COPY_SHARE * free
+    if low_memory or not layers:
+        return 0
+    for m in layers:  # one at a time, so the peak is the copies plus one layer's temporaries
+        m["_dense"] = mx.dequantize(m["weight"], m["scales"], m.get("biases"), group_size=m.group_size,
+                                    bits=m.bits, mode=m.mode)
+        mx.eval(m["_dense"])
+    return need
 
 
 def keep_freed_buffers() -> None:
