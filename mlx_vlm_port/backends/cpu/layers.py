@@ -33,7 +33,7 @@ import numpy as np
 
 from ...models import idefics3, lfm2, lfm2_vl, llama, siglip2
 from .numpy_ops import attention, gelu_tanh, silu_mul
-from .streams import split_apply
+from .streams import numpy_matvec, split_apply
 
 DENSE_FROM_ROWS = 4  # below this many rows the quantized kernel is cheaper than dequantizing
 SPLIT_FROM = 1 << 21  # non-float32 weights this large or larger are split over two streams for one row
@@ -52,8 +52,9 @@ def _numpy_matvec(x: mx.array, weight: mx.array) -> mx.array:
     """x (…, 1 row, in) @ weight (out, in).T by numpy's BLAS, on views of both buffers
     (x is evaluated here: one synchronisation per layer)."""
     mx.eval(x)
-    y = np.asarray(x).reshape(1, -1) @ np.asarray(weight).T  # (1, in) @ (in, out): sgemv, no copy
-    return mx.array(y.reshape(*x.shape[:-1], y.shape[-1]))
+    y = np.empty(weight.shape[0], np.float32)
+    numpy_matvec(np.asarray(weight), np.asarray(x).reshape(-1), y)  # (out, in) @ (in,): sgemv, no copy
+    return mx.array(y.reshape(*x.shape[:-1], -1))
 
 
 def _one_row(x: mx.array, weight: mx.array) -> mx.array | None:

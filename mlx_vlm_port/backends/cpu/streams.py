@@ -3,12 +3,14 @@
 MLX's CPU transcendental ops (exp, tanh, sigmoid) run on one core at ~50 M
 elements/s, and MKL runs a one-row matrix product (every decoding step) on one
 thread. Two CPU streams, each with its own thread, run two halves at once: the
-caller's default stream and a second one.
+caller's default stream and a second one. numpy's one-row products are split
+the same way over two threads (`numpy_matvec`).
 """
 
 from __future__ import annotations
 
 import threading
+from functools import lru_cache
 
 import mlx.core as mx
 
@@ -29,3 +31,59 @@ def split_apply(fn, arrays: tuple, axis: int, out_axis: int | None = None) -> mx
         with mx.stream(stream):
             halves.append(fn(*(a[index] for a in arrays)))
     return mx.concatenate(halves, axis=axis if out_axis is None else out_axis)
+
+
+# numpy's OpenBLAS runs a one-row product on both cores itself, but its threads wait
+# for each other by spinning: with one other busy process on a 2-core machine a
+# float32 450M decode step went from ~120 to ~300 ms. Two halves, each on one BLAS
+# thread (the caller's and a helper's), took ~175 ms there (~5% slower when idle).
+@lru_cache(maxsize=1)
+def _numpy_blas_local_threads():
+    """numpy's OpenBLAS `openblas_set_num_threads_local` (0.3.27+), or None where numpy
+    has another BLAS (Accelerate, MKL) or an older OpenBLAS."""
+    import ctypes
+    import glob
+    import os
+
+    import numpy as np
+
+    for path in glob.glob(os.path.join(os.path.dirname(np.__path__[0]), "numpy.libs", "*openblas*")):
+        try:
+            fn = ctypes.CDLL(path).openblas_set_num_threads_local
+        except (OSError, AttributeError):
+            continue
+        fn.argtypes, fn.restype = [ctypes.c_int], ctypes.c_int
+        return fn
+    return None
+
+
+@lru_cache(maxsize=1)
+def _helper():
+    from concurrent.futures import ThreadPoolExecutor
+
+    set_local = _numpy_blas_local_threads()
+    return ThreadPoolExecutor(max_workers=1, thread_name_prefix="cpu-matvec", initializer=lambda: set_local(1))
+
+
+def numpy_matvec(w, x, out) -> None:
+    """out (n,) = w (n, k) @ x (k,), float32 numpy arrays, in two halves of w's rows
+    on the calling thread and a helper thread, one BLAS thread each."""
+    set_local = _numpy_blas_local_threads()
+    n = w.shape[0]
+    if set_local is None or n < 2:
+        np_matmul(w, x, out)
+        return
+    h = n // 2
+    other = _helper().submit(np_matmul, w[h:], x, out[h:])
+    previous = set_local(1)
+    try:
+        np_matmul(w[:h], x, out[:h])
+    finally:
+        set_local(previous)
+        other.result()
+
+
+def np_matmul(w, x, out) -> None:
+    import numpy as np
+
+    np.matmul(w, x, out=out)
