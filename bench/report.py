@@ -12,8 +12,9 @@ TARGETS = {
     ("*", "cold"): ("ratio_le", 0.35), ("*", "import"): ("abs_le", 0.5),
     ("f32", "ttft"): ("ratio_le", 0.7), ("q8", "ttft"): ("ratio_le", 0.7), ("q4", "ttft"): ("ratio_le", 0.2),
     ("f32", "decode"): ("ratio_ge", 1.1), ("q4", "decode"): ("ratio_ge", 1.0),
-    ("f32", "bound"): ("bound_ge", 0.6), ("*", "rss"): ("ratio_le", 0.8),
+    ("f32", "bound"): ("bound_ge", 0.8), ("*", "rss"): ("ratio_le", 0.8),
 }
+QUANTIZED_VS_FLOAT = 1.0  # ours: a quantized checkpoint decodes at least as fast as its float32 form
 METRICS = [  # key, label, unit format
     ("cold", "cold start: CLI spawn → exit after 1 token (s)", "{:.2f}"),
     ("import", "import of the CLI path (s)", "{:.2f}"),
@@ -88,6 +89,26 @@ def table(results: dict) -> str:
             text, verdict = _judge(_target(name, key), ours, peer)
             rows.append(f"| {name} | {label} | {cell(ours, n_o)} | {cell(peer, n_p)} | {ratio} | {text} | {verdict} |")
     return "\n".join(rows)
+
+
+def quantized_vs_float(results: dict) -> list[str]:
+    """Ours: each quantized configuration's decode against the float32 one at its image size."""
+    rows = []
+    for name, conf in results["configs"].items():
+        kind, _, size = name.partition("-")
+        base = results["configs"].get(f"f32-{size}")
+        if kind not in ("q4", "q8") or base is None:
+            continue
+        q, f = medians(conf, None)["ours", "decode"][0], medians(base, None)["ours", "decode"][0]
+        if q and f:
+            verdict = "PASS" if q >= QUANTIZED_VS_FLOAT * f else "**MISS**"
+            rows.append(f"| {name} / f32-{size} | {q:.2f} / {f:.2f} | {q / f:.2f} | ≥ {QUANTIZED_VS_FLOAT} | {verdict} |")
+    if not rows:
+        return []
+    return ["Ours, quantized against float32 decoding (tokens/s). On the CPU a quantized language model decodes "
+            "from float32 copies of its weights unless `low_memory`: it reads what the float32 form reads, and "
+            "the table's bound for it (packed bytes) is one only a kernel reading the packed weights could near.", "",
+            "| configs | decode | ratio | target | result |", "|---|---|---|---|---|", *rows, ""]
 
 
 def _raw(conf: dict) -> str:
@@ -165,7 +186,7 @@ def write_report(results: dict, out: Path) -> str:
     for name, conf in results["configs"].items():
         lines.append(f"- {name}:")
         lines += [f"  - `{cmd}`" for cmd in conf["commands"].values()]
-    lines += ["", "## Results (medians over rounds)", "", tab, "", DEFINITIONS, "",
+    lines += ["", "## Results (medians over rounds)", "", tab, "", *quantized_vs_float(results), DEFINITIONS, "",
               "Checkpoints (random weights, the full LFM2.5-VL-450M or SmolVLM-256M shape, seed 0; images: seeded synthetic):", "",
               "| config | checkpoint | built by | file | LM bytes per decode token | new tokens | tokens |",
               "|---|---|---|---|---|---|---|"]
