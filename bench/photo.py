@@ -177,11 +177,11 @@ def child_stages(args) -> dict:
     out["PIL -> numpy array"] = _median_ms(lambda: np.asarray(upright), r)
     array = np.asarray(upright)
     c = ip.config
-    opts = dict(min_image_tokens=c.min_image_tokens, max_image_tokens=c.max_image_tokens,
-                do_image_splitting=c.do_image_splitting, min_tiles=c.min_tiles, max_tiles=c.max_tiles,
-                use_thumbnail=c.use_thumbnail)
-    out["resize (tiles + thumbnail)"] = _median_ms(lambda: ip.views(array, **opts), r)
-    views, grid, size = ip.views(array, **opts)
+    from mlx_vlm_port.options import ImageOptions
+
+    opts = ip.resolved(ImageOptions())  # the checkpoint's settings
+    out["resize (tiles + thumbnail)"] = _median_ms(lambda: ip.views(array, opts), r)
+    views, grid, size = ip.views(array, opts)
     max_patches = max(c.max_image_tokens * c.downsample_factor**2, (c.tile_size // c.encoder_patch_size) ** 2)
     out["normalise + patches"] = _median_ms(lambda: [ip.patchify(v, max_patches) for v in views], r)
     out["prompt (placeholder + tokenizer)"] = _median_ms(

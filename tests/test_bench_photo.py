@@ -26,3 +26,22 @@ def test_report_from_results(tmp_path):
     assert "| decode heic | failed |" in text and "ValueError: x" in text
     assert "| 48mp | 140 | mlx-vlm | ≤ 160 |" in text
     assert json.loads(out.with_suffix(".json").read_text())["sizes"] == ["12mp"]
+
+
+def test_stages_child_runs_on_a_small_photo(tiny_path, tmp_path):
+    """The step-by-step child measures every stage through the processor's own calls
+    (it broke silently once when their signatures changed)."""
+    import argparse
+
+    import numpy as np
+    from PIL import Image
+
+    rgb = np.random.default_rng(0).integers(0, 256, (300, 400, 3), np.uint8)
+    files = {"jpg": str(tmp_path / "p.jpg"), "png": str(tmp_path / "p.png")}
+    Image.fromarray(rgb).save(files["jpg"], quality=90)
+    Image.fromarray(rgb).save(files["png"])
+    out = photo.child_stages(argparse.Namespace(model=str(tiny_path), files=json.dumps(files), repeats=1))
+    stages = out["stages_ms"]
+    for step in ("decode jpg", "decode png", "resize (tiles + thumbnail)", "normalise + patches",
+                 "processor, decoded image (total)"):
+        assert stages[step] is not None and stages[step] >= 0, step
