@@ -46,6 +46,7 @@ DESCRIPTION, ALT_TEXT, KEYWORDS, HEADLINE = ("Xmp.dc.description", "Xmp.iptc.Alt
 IIM_CAPTION, IIM_KEYWORDS, IIM_HEADLINE, IIM_CHARSET = ("Iptc.Application2.Caption", "Iptc.Application2.Keywords",
                                                         "Iptc.Application2.Headline", "Iptc.Envelope.CharacterSet")
 EXIF_DESCRIPTION = "Exif.Image.ImageDescription"
+MIRRORED = ("image/jpeg", "image/tiff")
 # An empty XMP packet to start a new sidecar from (exiv2 fills it in).
 EMPTY_SIDECAR = (b'<?xpacket begin="\xef\xbb\xbf" id="W5M0MpCehiHzreSzNTczkc9d"?>'
                  b'<x:xmpmeta xmlns:x="adobe:ns:meta/"></x:xmpmeta><?xpacket end="w"?>')
@@ -193,7 +194,7 @@ def _lang_alt(old, text: str) -> dict:
 
 def update(data: bytes, fields: Fields, label: str, sidecar: bool = False) -> bytes:
     """`data` (an image, or an XMP sidecar) with our fields written: XMP always;
-    in an image also IPTC IIM and EXIF where its format takes them."""
+    in a JPEG or TIFF also IPTC IIM and EXIF."""
     image = open_image(data, label)
     try:
         check_writable(image, label)
@@ -206,10 +207,13 @@ def update(data: bytes, fields: Fields, label: str, sidecar: bool = False) -> by
         if fields.title:
             change[HEADLINE] = fields.title
         image.modify_xmp(change)
-        if not sidecar and mode.get("iptc") == "read+write":
-            _mirror_iptc(image, fields)
-        if not sidecar and mode.get("exif") == "read+write":
-            image.modify_exif({EXIF_DESCRIPTION: fields.description})
+        # JPEG and TIFF carry IIM and EXIF natively and older readers look there; in
+        # PNG and WebP, XMP is the place (and exiv2 would re-encode their EXIF block).
+        if not sidecar and image.get_mime_type() in MIRRORED:
+            if mode.get("iptc") == "read+write":
+                _mirror_iptc(image, fields)
+            if mode.get("exif") == "read+write":
+                image.modify_exif({EXIF_DESCRIPTION: fields.description})
         return image.get_bytes()
     except RuntimeError as e:
         raise Unsupported(f"{label}: exiv2 cannot write its metadata ({e})") from None

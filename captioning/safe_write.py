@@ -80,7 +80,9 @@ def check_target(path: str, label: str, must_exist: bool) -> os.stat_result | No
         if st.st_nlink > 1:
             raise Failure(Exit.IMAGE, f"{label}: has {st.st_nlink} hard links, which a rewrite would split; "
                                       "not written")
-        if not os.access(path, os.W_OK):
+        # The write bits, not only access(): root may write anything, but a file the user
+        # made read-only is one they do not want changed.
+        if not os.access(path, os.W_OK) or not st.st_mode & (stat.S_IWUSR | stat.S_IWGRP | stat.S_IWOTH):
             raise Failure(Exit.IMAGE, f"{label}: read-only file; not written")
     folder = os.path.dirname(path) or "."
     if not os.access(folder, os.W_OK | os.X_OK):
