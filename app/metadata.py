@@ -51,6 +51,9 @@ class MetadataWriter:
         self.overwrite, self.dry_run, self.touch = args.overwrite, args.dry_run, args.touch
         self.before: dict[str, os.stat_result | None] = {}
         self.cleaned: set[str] = set()
+        from captioning.metadata import require
+
+        require()  # once, before any image, rather than once per image
 
     def target(self, source: Source) -> str:
         from captioning.metadata import sidecar_path

@@ -120,7 +120,8 @@ def parse_answer(text: str) -> Fields:
                   keywords=clean_keywords(data.get("keywords", data.get("tags"))))
 
 
-def _exiv2():
+def require():
+    """pyexiv2, or Failure(FAILED) naming the extra that installs it."""
     try:
         import pyexiv2
     except ImportError:
@@ -164,7 +165,7 @@ class Unsupported(Exception):
 
 
 def open_image(data: bytes, label: str):
-    pyexiv2 = _exiv2()
+    pyexiv2 = require()
     try:
         return pyexiv2.ImageData(data)
     except RuntimeError as e:  # exiv2's words: "unknown image type", "corrupted image metadata"
@@ -176,7 +177,7 @@ def check_writable(image, label: str) -> None:
     if image.get_access_mode().get("xmp") != "read+write":
         kind = image.get_mime_type() or "this format"
         raise Unsupported(f"{label}: metadata cannot be written into {kind} files here (exiv2 "
-                          f"{_exiv2().__exiv2_version__} only reads them); use --write-metadata sidecar")
+                          f"{require().__exiv2_version__} only reads them); use --write-metadata sidecar")
 
 
 def existing(image) -> Existing:
