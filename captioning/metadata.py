@@ -177,7 +177,7 @@ def check_writable(image, label: str) -> None:
     if image.get_access_mode().get("xmp") != "read+write":
         kind = image.get_mime_type() or "this format"
         raise Unsupported(f"{label}: metadata cannot be written into {kind} files here (exiv2 "
-                          f"{require().__exiv2_version__} only reads them); use --write-metadata sidecar")
+                          f"{require().__exiv2_version__} cannot write them); use --write-metadata sidecar")
 
 
 def existing(image) -> Existing:
