@@ -20,15 +20,16 @@ from .grounding import _loads_lenient, _strip_fences
 INSTALL_HINT = 'pip install "mlx-vlm-port[metadata]"'
 TITLE_WORDS, ALT_CHARS, MIN_KEYWORDS, MAX_KEYWORDS = 10, 125, 5, 15
 IIM_CAPTION_BYTES, IIM_KEYWORD_BYTES, IIM_HEADLINE_BYTES = 2000, 64, 256
-# The answer asked of the model; constrained decoding can hold it to this schema.
+# The answer asked of the model; constrained decoding can hold it to this schema (every
+# string and the list bounded, so a held answer always ends).
 SCHEMA = {
     "type": "object",
     "properties": {
-        "title": {"type": "string", "description": f"a short title, at most {TITLE_WORDS} words"},
+        "title": {"type": "string", "maxLength": 80, "description": f"a short title, at most {TITLE_WORDS} words"},
         "alt_text": {"type": "string", "maxLength": ALT_CHARS,
                      "description": "alt text for screen readers: what matters in the picture"},
-        "description": {"type": "string", "description": "a caption of one to three sentences"},
-        "keywords": {"type": "array", "items": {"type": "string"}, "minItems": MIN_KEYWORDS,
+        "description": {"type": "string", "maxLength": 1000, "description": "a caption of one to three sentences"},
+        "keywords": {"type": "array", "items": {"type": "string", "maxLength": 40}, "minItems": MIN_KEYWORDS,
                      "maxItems": MAX_KEYWORDS},
     },
     "required": ["title", "alt_text", "description", "keywords"],

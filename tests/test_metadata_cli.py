@@ -118,9 +118,15 @@ def test_stdin_and_usage_errors(tmp_path, tiny_path):
         assert len(lines(done)) == 1
 
 
-def test_the_language_goes_into_the_question():
-    assert "in German" in metadata.prompt("German")
-    assert json.dumps(metadata.SCHEMA)  # one plain JSON-schema dict, ready for constrained decoding
+def test_the_language_goes_into_the_question_and_the_schema_matches_the_limits():
+    assert "in German" in metadata.prompt("German") and "in English" in metadata.prompt()
+    props = metadata.SCHEMA["properties"]
+    assert set(metadata.SCHEMA["required"]) == set(props) == set(metadata.Fields.__dataclass_fields__)
+    # An answer at the schema's bounds passes the lenient reader unchanged.
+    answer = {"title": " ".join(["word"] * metadata.TITLE_WORDS), "alt_text": "a" * props["alt_text"]["maxLength"],
+              "description": "d" * props["description"]["maxLength"],
+              "keywords": [f"k{i}" * 4 for i in range(props["keywords"]["maxItems"])]}
+    assert metadata.parse_answer(json.dumps(answer)).to_dict() == answer
 
 
 def test_a_missing_pyexiv2_is_one_line_naming_the_extra(tmp_path):
