@@ -47,18 +47,13 @@ def check_flags(args, usage_error) -> None:
 
 class MetadataWriter:
     def __init__(self, args):
-        self.mode, self.naming = args.write_metadata, args.sidecar_name
-        self.overwrite, self.dry_run, self.touch = args.overwrite, args.dry_run, args.touch
-        self.before: dict[str, os.stat_result | None] = {}
-        self.cleaned: set[str] = set()
         from captioning.metadata import require
 
         require()  # once, before any image, rather than once per image
-
-    def target(self, source: Source) -> str:
-        from captioning.metadata import sidecar_path
-
-        return source.path if self.mode == "embed" else sidecar_path(source.path, self.naming)
+        self.naming = args.sidecar_name if args.write_metadata == "sidecar" else None
+        self.overwrite, self.dry_run, self.touch = args.overwrite, args.dry_run, args.touch
+        self.targets: dict[str, object] = {}
+        self.cleaned: set[str] = set()
 
     def wanted(self, source: Source) -> bool:
         """Check the target before any model time is spent: False to skip the image
@@ -70,53 +65,25 @@ class MetadataWriter:
                                       "name the file instead")
         if not os.path.isfile(source.path):
             return True  # reading the image reports it
-        target = self.target(source)
-        folder = os.path.dirname(target) or "."
+        folder = os.path.dirname(source.path) or "."
         if folder not in self.cleaned and not self.dry_run:
-            safe_write.remove_stale(folder)
+            safe_write.remove_stale(folder)  # temporary files of a killed run
             self.cleaned.add(folder)
-        label = source.label if self.mode == "embed" else target
-        before = safe_write.check_target(target, label, must_exist=self.mode == "embed")
-        self.before[source.key] = before
-        if before is None:
-            return True
-        try:
-            with open(target, "rb") as f:
-                image = metadata.open_image(f.read(), label)
-            try:
-                metadata.check_writable(image, label)
-                have = metadata.existing(image)
-            finally:
-                image.close()
-        except metadata.Unsupported as e:
-            raise Failure(Exit.IMAGE, str(e)) from None
-        except OSError as e:
-            raise Failure(Exit.IMAGE, f"{label}: cannot read ({e.strerror or e})") from None
-        if not self.overwrite and (have.description or have.alt_text):
-            say(f"{label}: already has a description; skipped (--overwrite replaces it)", error=False)
+        target = metadata.prepare(source.path, source.label, self.naming)
+        if target.described and not self.overwrite:
+            say(f"{target.label}: already has a description; skipped (--overwrite replaces it)", error=False)
             return False
+        self.targets[source.key] = target
         return True
 
     def finish(self, source: Source, text: str, record: dict) -> str:
-        """Parse the answer, write it (unless --dry-run), add it to the record; returns what to print."""
-        from captioning import metadata, safe_write
+        """Write the answer (unless --dry-run), add it to the record; returns what to print."""
+        from captioning import metadata
 
-        try:
-            fields = metadata.parse_answer(text)
-        except ValueError as e:
-            raise Failure(Exit.IMAGE, f"{source.label}: {e}; nothing written") from None
-        target = self.target(source)
-        label = source.label if self.mode == "embed" else target
-        before = self.before.pop(source.key, None)
-        data = safe_write.read_unchanged(target, label, before)
-        try:
-            new = metadata.update(data or metadata.EMPTY_SIDECAR, fields, label, sidecar=self.mode == "sidecar")
-        except metadata.Unsupported as e:
-            raise Failure(Exit.IMAGE, str(e)) from None
-        if not self.dry_run:
-            safe_write.replace(target, new, label, before, touch=self.touch)
-        record["metadata"] = {**fields.to_dict(), "file": os.path.abspath(target), "written": not self.dry_run}
+        target = self.targets.pop(source.key)
+        fields = metadata.write(target, text, dry_run=self.dry_run, touch=self.touch)
+        record["metadata"] = {**fields.to_dict(), "file": os.path.abspath(target.path), "written": not self.dry_run}
         lines = [f"title: {fields.title}", f"alt text: {fields.alt_text}", f"description: {fields.description}",
                  f"keywords: {', '.join(fields.keywords)}",
-                 f"{'dry run, would write' if self.dry_run else 'written'}: {target}"]
+                 f"{'dry run, would write' if self.dry_run else 'written'}: {target.path}"]
         return "\n".join(lines)

@@ -246,3 +246,59 @@ def _mirror_iptc(image, fields: Fields) -> None:
 def sidecar_path(path: str, naming: str) -> str:
     """adobe: IMG_0001.xmp (Adobe's apps); darktable: IMG_0001.JPG.xmp (darktable, digiKam)."""
     return (os.path.splitext(path)[0] if naming == "adobe" else path) + ".xmp"
+
+
+@dataclass
+class Target:
+    """Where one photo's metadata goes, as checked before it is captioned."""
+
+    label: str  # the name errors use: the photo, or its sidecar
+    path: str  # the file written: the photo itself, or its sidecar
+    sidecar: bool
+    before: os.stat_result | None  # the file as first seen (None: a sidecar still to be made)
+    described: bool  # it already has a description or alt text
+
+
+def prepare(path: str, label: str, sidecar_naming: str | None = None) -> Target:
+    """Check, before any model time is spent, that `path`'s metadata (or its sidecar,
+    named `sidecar_naming`) can be written; Failure(IMAGE) saying why not."""
+    from . import safe_write
+
+    target = sidecar_path(path, sidecar_naming) if sidecar_naming else path
+    label = target if sidecar_naming else label
+    before = safe_write.check_target(target, label, must_exist=not sidecar_naming)
+    described = False
+    if before is not None:
+        try:
+            with open(target, "rb") as f:
+                image = open_image(f.read(), label)
+            try:
+                check_writable(image, label)
+                have = existing(image)
+            finally:
+                image.close()
+        except Unsupported as e:
+            raise Failure(Exit.IMAGE, str(e)) from None
+        except OSError as e:
+            raise Failure(Exit.IMAGE, f"{label}: cannot read ({e.strerror or e})") from None
+        described = bool(have.description or have.alt_text)
+    return Target(label, target, bool(sidecar_naming), before, described)
+
+
+def write(target: Target, answer: str, dry_run: bool = False, touch: bool = False) -> Fields:
+    """Parse the model's answer and write it into `target` atomically (unless dry_run);
+    Failure(IMAGE) when the answer is empty or the file cannot be written."""
+    from . import safe_write
+
+    try:
+        fields = parse_answer(answer)
+    except ValueError as e:
+        raise Failure(Exit.IMAGE, f"{target.label}: {e}; nothing written") from None
+    data = safe_write.read_unchanged(target.path, target.label, target.before)
+    try:
+        new = update(data or EMPTY_SIDECAR, fields, target.label, sidecar=target.sidecar)
+    except Unsupported as e:
+        raise Failure(Exit.IMAGE, str(e)) from None
+    if not dry_run:
+        safe_write.replace(target.path, new, target.label, target.before, touch=touch)
+    return fields
