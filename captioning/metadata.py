@@ -162,7 +162,7 @@ class Existing:
 
 
 class Unsupported(Exception):
-    """This file's format cannot take the metadata (exiv2 reads but cannot write it)."""
+    """exiv2 cannot read this file's metadata, or cannot write it in this format."""
 
 
 def open_image(data: bytes, label: str):
