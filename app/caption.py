@@ -19,6 +19,7 @@ from captioning.job import DEFAULT_MODEL, DEFAULT_PROMPT, DETAILS, DETECT_PROMPT
 from mlx_vlm_port.options import ImageOptions, SamplingOptions, specs
 
 from captioning import capture
+from . import metadata
 from .batch import JsonlLog, Progress, Source, expand
 from .output import Output, say
 
@@ -34,6 +35,7 @@ examples:
   python -m app.caption --detect "cat" --draw boxes.png cat.jpg
   python -m app.caption ~/Pictures/trip --jsonl trip.jsonl    resumable batch
   python -m app.caption "shots/**/*.png" --json --no-split     JSON lines, fastest
+  python -m app.caption ~/Pictures/trip --write-metadata       alt text, caption, keywords into the photos
 
 model: --model, else $MLX_VLM_PORT_MODEL, else {DEFAULT_MODEL}
   (a hub id or a local folder). If the menubar app is running, its loaded model
@@ -106,6 +108,7 @@ def build_parser() -> Parser:
     out.add_argument("--copy", action="store_true", help="also put the result on the clipboard")
     out.add_argument("--no-service", action="store_true", help="never use the menubar app's service")
     out.add_argument("--debug", action="store_true", help="show tracebacks")
+    metadata.add_flags(p)
     return p
 
 
@@ -118,6 +121,7 @@ def check(args: argparse.Namespace) -> None:
         raise UsageError("--draw needs --detect QUERY")
     if args.draw and os.path.splitext(args.draw)[1].lower() not in DRAW_FORMATS:
         raise UsageError(f"--draw {args.draw}: use a .png, .jpg or .webp file name")
+    metadata.check_flags(args, UsageError)
 
 
 def read_stdin() -> list[Source]:
@@ -171,6 +175,10 @@ def gather(args: argparse.Namespace) -> list[Source]:
 def make_job(args: argparse.Namespace) -> Job:
     prompt = DETECT_PROMPT.format(query=args.detect.strip()) if args.detect is not None else (
         args.prompt or DEFAULT_PROMPT)
+    if args.write_metadata:  # its schema (captioning.metadata.SCHEMA) goes on the Job once Job takes one
+        from captioning.metadata import prompt as metadata_prompt
+
+        prompt = metadata_prompt(args.language.strip())
     sampling = SamplingOptions(**{name: getattr(args, name) for name in SAMPLING_FLAGS})
     # --max-image-tokens N means "at most N tokens for the image": one view. (The library's
     # option is the reference's per-view budget, past which a large image is cut into tiles.)
@@ -198,6 +206,7 @@ def run(args: argparse.Namespace) -> int:
     engine = Engine(args.model, use_service=not args.no_service)
     progress = Progress(len(sources))
     out = Output(args, multi=len(sources) > 1, progress=progress)
+    writer = metadata.MetadataWriter(args) if args.write_metadata else None
     worst = Exit.OK
     try:
         for source in sources:
@@ -205,7 +214,10 @@ def run(args: argparse.Namespace) -> int:
             try:
                 if source.error:
                     raise Failure(source.code, source.error)
-                record = out.caption(engine, source, job)
+                if writer and not writer.wanted(source):
+                    progress.advance()
+                    continue
+                record = out.caption(engine, source, job, finish=writer.finish if writer else None)
                 if log:
                     log.write({**record, "path": source.key})
             except Failure as e:

@@ -27,7 +27,8 @@ class Output:
         self.stream = stream or sys.stdout
         # Tokens stream to a terminal as they come; a pipe (Shortcuts, scripts)
         # gets each result whole. JSON and boxes only make sense whole.
-        self.live = self.stream.isatty() and not args.json and args.detect is None
+        self.live = (self.stream.isatty() and not args.json and args.detect is None
+                     and not getattr(args, "write_metadata", None))
         self.printed: list[str] = []
         self.header: str | None = None
         self.started = False
@@ -59,8 +60,9 @@ class Output:
     def copied_text(self) -> str:
         return "".join(self.printed)
 
-    def caption(self, engine: Engine, source: Source, job: Job) -> dict:
-        """Caption one source and print it; returns the image's JSON record."""
+    def caption(self, engine: Engine, source: Source, job: Job, finish=None) -> dict:
+        """Caption one source and print it; returns the image's JSON record. `finish(source,
+        text, record)`, when given, acts on the answer, may add to the record and returns what to print."""
         if self.multi and not self.args.json:
             self.header = ("\n" if self.printed else "") + f"==> {source.label} <==\n"
         self.started = False
@@ -71,6 +73,8 @@ class Output:
         record = {"path": source.name, "caption": text, "model": result.model,
                   "prompt_tokens": result.prompt_tokens, "generation_tokens": result.generation_tokens,
                   "seconds": round(result.seconds, 3)}
+        if finish is not None:
+            text = finish(source, text, record)
         if self.args.detect is not None:
             record["boxes"] = self.boxes(source, text, result.image)
         if self.args.json:

@@ -26,7 +26,7 @@ from menubar.storage import data_dir
 from menubar.worker import Worker
 
 TITLES = {"idle": "◌", "loading": "◌", "ready": "◉", "busy": "◐", "error": "⚠"}
-RESULT_TITLES = {"caption": "Caption", "ask": "Answer", "find": "Objects"}
+RESULT_TITLES = {"caption": "Caption", "ask": "Answer", "find": "Objects", "metadata": "Written into the photo"}
 
 
 class UI(Protocol):
@@ -36,6 +36,7 @@ class UI(Protocol):
     def alert(self, title: str, message: str) -> None: ...
     def prompt(self, title: str, message: str, default: str = "") -> str | None: ...
     def open_file(self, path: Path) -> None: ...
+    def choose_images(self, title: str) -> list[Path]: ...
     def update_menu(self, state: "MenuState") -> None: ...
 
 
@@ -69,6 +70,8 @@ class App:
         self.capturing = False
         self.last_image: bytes | None = None
         self.last_result: str | None = history[0]["text"] if len(history) else None
+        self.photos: list[Path] = []  # chosen photos still to caption into their metadata
+        self.writing = False  # one of them is with the worker
         worker.add_listener(lambda state, detail: self.events.put(("state", state, detail)))
 
     def start(self) -> None:
@@ -108,6 +111,14 @@ class App:
         query = self.ui.prompt("Find Objects", "What should be found? (e.g. person, cup, car)")
         if query and query.strip():
             self._submit("find", image, query.strip())
+
+    def write_into_photos(self) -> None:
+        """Caption chosen photo files and write title, alt text, description and keywords
+        into each (XMP, with IPTC/EXIF mirrors), atomically, as `--write-metadata` does.
+        One photo goes to the worker at a time; the rest wait here."""
+        self.photos += self.ui.choose_images("Write Caption into Photos")
+        if not self.writing:
+            self._next_photo()
 
     def copy_last(self) -> None:
         if self.last_result is None:
@@ -188,6 +199,9 @@ class App:
             self.ui.notify("Caption failed", message.get("message", "unknown error"))
         else:
             self._result(job.tag, message)
+        if job.tag[0] == "metadata":
+            self.writing = False
+            self._next_photo()
         self.render()
 
     def _result(self, tag: tuple, message: dict) -> None:
@@ -200,6 +214,17 @@ class App:
             shown, path = show_boxes(image, text, self.detections_dir)
             if path is not None:
                 self.ui.open_file(path)
+        if kind == "metadata":
+            from captioning import metadata
+            from captioning.errors import Failure
+
+            target, question = question, question.path
+            try:
+                fields = metadata.write(target, text)
+            except Failure as e:
+                self.ui.notify("Not written into the photo", e.message)
+                return
+            text, shown = fields.description, f"{Path(target.path).name}: {fields.alt_text}"
         self.last_result = text
         self._guard(self.history.add, text, kind=kind, prompt=question, model=message.get("model", ""))
         if self.settings.copy_results and text:
@@ -207,6 +232,39 @@ class App:
         self.ui.notify(RESULT_TITLES[kind], shown)
 
     # --- helpers ----------------------------------------------------------------------
+    def _next_photo(self) -> None:
+        """Check the next chosen photo (before any model time) and send it to the worker;
+        a photo that cannot be written, or already has a description, is a notification."""
+        from captioning import metadata, safe_write
+        from captioning.errors import Failure
+
+        while self.photos and not self.writing:
+            path = self.photos.pop(0)
+            try:
+                metadata.require()
+                safe_write.remove_stale(str(path.parent))  # temporary files of a killed write
+                target = metadata.prepare(str(path), path.name)
+                data = path.read_bytes()
+            except Failure as e:
+                self.ui.notify("Not written into the photo", e.message)
+                continue
+            except OSError as e:
+                self.ui.notify("Not written into the photo", f"{path.name}: cannot read ({e.strerror or e})")
+                continue
+            if target.described:
+                self.ui.notify("Already described", f"{target.label} already has a description; left as it was")
+                continue
+            job = Request(data, self.settings.job(metadata.prompt(self.settings.language)),
+                          tag=("metadata", target, data))
+            job.sink = functools.partial(self._post_job, job)
+            if not self.worker.submit(job):
+                self.ui.notify("Still working", "The caption queue is full; choose the photos again in a moment.")
+                self.photos.clear()
+                return
+            self.active += 1
+            self.writing = True
+        self.render()
+
     def _grab(self, region: bool) -> None:  # on the screen-grab thread: events only
         try:
             self.events.put(("captured", self.capture.screen(region), None))

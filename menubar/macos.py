@@ -10,6 +10,7 @@ of the app (and its tests) never import pyobjc directly:
 - `Activity`              NSProcessInfo begin/endActivity while jobs run, so App Nap does
                           not slow a menubar-only app that has no window
 - `bring_to_front(alert)` activate the app and raise an NSAlert's window before it runs
+- `choose_files(title)`   an NSOpenPanel for image files (several at once); the chosen paths
 - `UserNotifications`     posting through UNUserNotificationCenter (needs a real bundle)
 """
 
@@ -121,3 +122,20 @@ class UserNotifications:
         request = self.UN.UNNotificationRequest.requestWithIdentifier_content_trigger_(
             uuid.uuid4().hex, content, None)  # no trigger: deliver now
         self.center.addNotificationRequest_withCompletionHandler_(request, self._added)
+
+
+def choose_files(title: str) -> list[str]:
+    """The image files the user picks in an open panel ([] when cancelled)."""
+    from AppKit import NSApplication, NSModalResponseOK, NSOpenPanel
+
+    NSApplication.sharedApplication().activateIgnoringOtherApps_(True)  # a menubar app has no window
+    panel = NSOpenPanel.openPanel()
+    panel.setTitle_(title)
+    panel.setMessage_(title)
+    panel.setCanChooseFiles_(True)
+    panel.setCanChooseDirectories_(False)
+    panel.setAllowsMultipleSelection_(True)
+    panel.setAllowedFileTypes_(["jpg", "jpeg", "png", "tif", "tiff", "webp"])  # what exiv2 can write
+    if panel.runModal() != NSModalResponseOK:
+        return []
+    return [str(url.path()) for url in panel.URLs()]

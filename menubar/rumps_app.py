@@ -90,6 +90,9 @@ class RumpsUI:
     def open_file(self, path: Path) -> None:
         subprocess.Popen(["/usr/bin/open", str(path)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
+    def choose_images(self, title: str) -> list[Path]:
+        return [Path(p) for p in macos.choose_files(title)]
+
     def update_menu(self, state: MenuState) -> None:
         if self.menu is not None:
             self.menu.apply(state)
@@ -127,6 +130,7 @@ class MenuView:
             item("Caption Whole Screen", lambda: core.caption_screen(False)),
             item("Ask About Image…", core.ask),
             item("Find Objects…", core.find_objects),
+            item("Write Caption into Photos…", core.write_into_photos),
             None,
             self.copy_last, self.history, None,
             (rumps.MenuItem("Detail"), list(self.details.values())),

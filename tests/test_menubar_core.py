@@ -89,6 +89,7 @@ class FakeUI:
     def __init__(self):
         self.titles, self.notes, self.copied, self.alerts, self.opened, self.menus = [], [], [], [], [], []
         self.answers: list[str | None] = []
+        self.chosen: list = []  # what the next file chooser returns
         self.thread = threading.get_ident()
 
     def _on_ui_thread(self):
@@ -113,6 +114,11 @@ class FakeUI:
 
     def open_file(self, path):
         self.opened.append(path)
+
+    def choose_images(self, title):
+        self._on_ui_thread()
+        chosen, self.chosen = self.chosen, []
+        return chosen
 
     def update_menu(self, state):
         self._on_ui_thread()
