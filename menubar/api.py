@@ -83,6 +83,7 @@ class Api:
         except ApiError as e:
             more = [(b"www-authenticate", b"Bearer")] if e.status == 401 else []
             more += [(b"retry-after", b"1")] if e.status == 429 else []
+            more += [(b"connection", b"close")] if e.status in (408, 413) else []  # the body's rest is unread
             await self._send_json(send, e.status, e.body(), extra + more)
         except Disconnected:
             pass

@@ -12,6 +12,7 @@ import base64
 import binascii
 import io
 import json
+import re
 import secrets
 import time
 from dataclasses import dataclass, field
@@ -209,6 +210,10 @@ def _check_pixels(data: bytes, param: str, max_pixels: int) -> None:
     try:
         with Image.open(io.BytesIO(data)) as probe:
             width, height = probe.size
+    except Image.DecompressionBombError as e:  # PIL's own limit, far above ours: the numbers are in its words
+        size = re.search(r"\((\d+) pixels\)", str(e))
+        raise bad(f"the image has {size.group(1) if size else 'too many'} pixels; at most "
+                  f"{max_pixels // 1_000_000} MP are accepted", param, "image_too_large") from None
     except Exception:
         return  # not a format PIL reads lazily: read_image decides (and words) it
     if width * height > max_pixels:

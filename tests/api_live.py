@@ -32,10 +32,10 @@ def data_url(data: bytes, mime: str = "image/png") -> str:
     return f"data:{mime};base64,{base64.b64encode(data).decode()}"
 
 
-def chat_body(model: str, seed: int = 1, text: str = "What is this?", **fields) -> dict:
+def chat_body(model: str, image: int = 1, text: str = "What is this?", **fields) -> dict:
     return {"model": model, "max_tokens": 4, "temperature": 0,
             "messages": [{"role": "user", "content": [{"type": "text", "text": text},
-                                                      {"type": "image_url", "image_url": {"url": data_url(png(seed))}}]}],
+                                                      {"type": "image_url", "image_url": {"url": data_url(png(image))}}]}],
             **fields}
 
 

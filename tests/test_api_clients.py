@@ -81,7 +81,7 @@ def test_streaming_gives_the_same_text_in_chunks_and_a_final_usage_chunk(client,
 def test_curl_sees_well_framed_server_sent_events(live):
     import json
 
-    body = json.dumps(chat_body(live.model, seed=5, max_tokens=6, stream=True,
+    body = json.dumps(chat_body(live.model, image=5, max_tokens=6, stream=True,
                                 stream_options={"include_usage": True}))
     done = subprocess.run(["curl", "-N", "-sS", "--fail-with-body", "--max-time", str(int(TIMEOUT)),
                            f"{live.base}/chat/completions", "-H", f"Authorization: Bearer {live.key}",
