@@ -55,7 +55,7 @@ class Captioner:
         self.load()
         yield from stream_generate(self.model, self.processor, self.prompt(job.prompt, job.system), [image],
                                    sampling=job.sampling, image_options=job.image_options(self.family),
-                                   prompt_cache=self.prompt_cache)
+                                   prompt_cache=self.prompt_cache, json_schema=job.json_schema)
 
     def run(self, image, job: Job, on_piece: Callable[[str], None],
             cancelled: Callable[[], bool] | None = None, enough: Callable[[], bool] | None = None) -> Result:
