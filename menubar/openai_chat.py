@@ -83,16 +83,44 @@ def parse_chat(body: bytes, model_id: str) -> Chat:
     if model not in (model_id, "default"):
         raise ApiError(404, f"the model {model!r} is not served here; use {model_id!r} (or \"default\")",
                        param="model", code="model_not_found")
-    if data.get("response_format") not in (None, {"type": "text"}):
-        raise bad("response_format is not supported by this server yet", "response_format")
+    schema = _json_schema(data.get("response_format"))
+    stops = _stops(data)
+    if schema is not None and stops:
+        raise bad("stop cannot be combined with a JSON response_format (it would cut the JSON)", "stop")
     system, prompt, image, detail = _messages(data.get("messages"))
     stream = _flag(data, "stream")
     options = data.get("stream_options")
     if options is not None and not isinstance(options, dict):
         raise bad('"stream_options" must be an object', "stream_options")
     include_usage = stream and _flag(options or {}, "include_usage", "stream_options.include_usage")
-    job = Job(prompt, system, _sampling(data), detail=detail)
-    return Chat(Request(image, job, id=f"chatcmpl-{secrets.token_hex(12)}"), stream, include_usage, _stops(data))
+    job = Job(prompt, system, _sampling(data), detail=detail, json_schema=schema)
+    return Chat(Request(image, job, id=f"chatcmpl-{secrets.token_hex(12)}"), stream, include_usage, stops)
+
+
+def _json_schema(response_format) -> dict | None:
+    """response_format → Job.json_schema: json_object is any JSON object; json_schema its
+    "schema", checked here so an unenforceable one is a 400 before anything is queued."""
+    from mlx_vlm_port.constrain import check_schema
+
+    param = "response_format"
+    if response_format is None:
+        return None
+    kind = response_format.get("type") if isinstance(response_format, dict) else None
+    if kind == "text":
+        return None
+    if kind == "json_object":
+        return {"type": "object"}
+    if kind != "json_schema":
+        raise bad('response_format must be {"type": "text" | "json_object" | "json_schema", ...}', param)
+    spec = response_format.get("json_schema")
+    schema = spec.get("schema") if isinstance(spec, dict) else None
+    if not isinstance(schema, dict):
+        raise bad('response_format.json_schema must be an object with a "schema" object', f"{param}.json_schema")
+    try:
+        check_schema(schema)
+    except (ValueError, ImportError) as e:
+        raise bad(str(e), f"{param}.json_schema.schema") from None
+    return schema
 
 
 def _flag(data: dict, name: str, param: str | None = None) -> bool:

@@ -80,7 +80,9 @@ BAD_BODIES = [
     (lambda m: chat_body(m, n=2), "n=2"),
     (lambda m: chat_body(m, tools=[]), "unsupported parameter: tools"),
     (lambda m: chat_body(m, max_tokens=3, max_completion_tokens=4), "not both"),
-    (lambda m: chat_body(m, response_format={"type": "json_object"}), "response_format"),
+    (lambda m: chat_body(m, response_format={"type": "json_object"}, stop="}"), "stop cannot be combined"),
+    (lambda m: chat_body(m, response_format={"type": "json_schema"}), "schema"),
+    (lambda m: chat_body(m, response_format={"type": "xml"}), "response_format"),
     (lambda m: {**chat_body(m), "messages": chat_body(m)["messages"] * 2}, "one user message"),
 ]
 
