@@ -84,6 +84,12 @@ def _protocol():
             super().on_response_complete()
             self._arm()
 
+        def handle_events(self) -> None:
+            super().handle_events()
+            if getattr(self, "_deadline", None) is not None and self.conn.their_state is not h11.IDLE:
+                self._deadline.cancel()  # the headers are in: the body has its own deadline (menubar/api.py)
+                self._deadline = None
+
         def connection_lost(self, exc) -> None:
             if getattr(self, "_deadline", None) is not None:
                 self._deadline.cancel()
@@ -134,7 +140,9 @@ class ApiServer:
         except OSError as e:
             raise ApiUnavailable(f"cannot keep the API key at {self.key_file}: {e}") from None
         family = socket.AF_INET6 if ":" in self.host else socket.AF_INET
-        sock = socket.socket(family, socket.SOCK_STREAM)
+        # IPPROTO_TCP named: asyncio sets TCP_NODELAY only on such sockets; without it each
+        # answer waits ~40 ms for the client's delayed ACK (Nagle).
+        sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
         try:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             sock.bind((self.host, self.port))
