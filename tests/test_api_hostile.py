@@ -320,3 +320,17 @@ def test_the_key_file_is_private_and_kept(tmp_path):
     assert stat.S_IMODE(os.stat(tmp_path / "data").st_mode) == 0o700
     assert api_key(tmp_path / "data" / "api-key") == key  # the same key on the next start
     assert base64.urlsafe_b64decode(key[len("sk-local-"):] + "=")  # random bytes, url-safe
+
+
+def test_a_kept_alive_connection_outlives_the_header_deadline_while_it_is_used(live):
+    import http.client
+
+    conn = http.client.HTTPConnection("127.0.0.1", live.port, timeout=TIMEOUT)
+    try:
+        started = time.monotonic()
+        while time.monotonic() - started < 3 * live.api.header_timeout:  # several deadlines' worth of requests
+            conn.request("GET", "/v1/models", headers=live.headers())
+            assert conn.getresponse().read() and conn.sock is not None  # the same connection throughout
+            time.sleep(live.api.header_timeout / 10)
+    finally:
+        conn.close()
