@@ -334,3 +334,18 @@ def test_a_kept_alive_connection_outlives_the_header_deadline_while_it_is_used(l
             time.sleep(live.api.header_timeout / 10)
     finally:
         conn.close()
+
+
+def test_oversized_headers_are_a_400_and_a_closed_connection(live):
+    with live.raw() as s:
+        answer: list = []
+        reader = threading.Thread(target=lambda: answer.append(_read_all(s)), daemon=True)
+        reader.start()
+        try:
+            s.sendall(b"GET /v1/models HTTP/1.1\r\nHost: 127.0.0.1:%d\r\nX-Filler: %s\r\n\r\n"
+                      % (live.port, b"a" * (1 << 20)))
+        except (BrokenPipeError, ConnectionResetError):
+            pass  # it hung up once it had answered
+        reader.join(TIMEOUT)
+        answer = answer[0] if answer else b""
+    assert answer.startswith(b"HTTP/1.1 400 ") and b"Traceback" not in answer
