@@ -72,8 +72,8 @@ class Api:
         headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
         extra = []
         try:
-            extra = self._check_caller(scope, headers)
-            if scope["method"] == "OPTIONS":  # an allowed origin's preflight
+            extra = self._check_caller(headers)
+            if scope["method"] == "OPTIONS" and extra:  # an allowed origin's preflight
                 return await self._send(send, 204, b"", extra + [
                     (b"access-control-allow-methods", b"GET, POST"),
                     (b"access-control-allow-headers", b"authorization, content-type"),
@@ -95,7 +95,7 @@ class Api:
                 pass  # the response had started: the connection just ends
 
     # --- checks ---------------------------------------------------------------------------
-    def _check_caller(self, scope, headers: dict) -> list:
+    def _check_caller(self, headers: dict) -> list:
         if not self.host_ok(headers.get("host", "")):
             raise ApiError(400, "the Host header does not name this server", code="invalid_host")
         origin = headers.get("origin")

@@ -72,9 +72,12 @@ def parse_chat(body: bytes, model_id: str) -> Chat:
         raise bad("the body must be a JSON object")
     for name, value in data.items():
         if name in NO_OPS:
-            if value is not None and (value not in NO_OPS[name] or isinstance(value, bool) != isinstance(
-                    NO_OPS[name][0], bool)):
-                raise bad(f"{name}={value!r} is not supported here (only {NO_OPS[name][0]!r})", name)
+            # bool vs number matters: 1 == True, but n=true or logprobs=0 is a client bug
+            if value is not None and not any(value == ok and type(value) is type(ok) or
+                                             isinstance(ok, int) and type(value) is float and value == ok
+                                             for ok in NO_OPS[name]):
+                raise bad(f"{name}={json.dumps(value)} is not supported here (only {json.dumps(NO_OPS[name][0])})",
+                          name)
         elif name not in FREE:
             raise bad(f"unsupported parameter: {name}", name, "unsupported_parameter")
     model = data.get("model")
