@@ -24,8 +24,8 @@ _LABEL_RE = re.compile(r"""["']?(?:%s)["']?\s*[:=]\s*(?:"([^"]*)"|'([^']*)')""" 
 _FENCE_RE = re.compile(r"```[a-zA-Z0-9_-]*\s*\n?(.*?)(?:```|$)", re.S)
 
 
-# The detection answer's shape. Bounded (labels, box count) so a complete answer
-# always fits a modest token budget.
+# The detection answer's shape. Box count and label length are bounded so a small
+# model cannot run on (only the digits of a number are not).
 DETECT_SCHEMA = {
     "type": "array", "maxItems": 32,
     "items": {"type": "object", "additionalProperties": False, "required": ["label", "bbox"], "properties": {
