@@ -163,10 +163,11 @@ class Api:
         if not self.worker.submit(request):
             raise ApiError(429, f"busy: {self.worker.queued} requests are waiting; try again",
                            code="rate_limit_exceeded", kind="rate_limit_error")
-        gone = asyncio.ensure_future(_disconnect(receive))
+        gone, answered = asyncio.ensure_future(_disconnect(receive)), False
         try:
             first = await _next(replies, gone)
             if first["type"] == "error":
+                answered = True
                 raise failure_error(first)
             if chat.stream:
                 await self._stream(send, chat, model, first, replies, gone, extra)
@@ -174,12 +175,17 @@ class Api:
                 text, finish, done = await _collect(chat, first, replies, gone)
                 await self._send_json(send, 200, completion(chat, model, text, finish, done), extra)
                 self._log(f"api: {request.id}: done, {done['generation_tokens']} tokens, {finish}")
+            answered = True
         except Disconnected:
-            request.sink = lambda message: message["type"] == "piece" or self._log(
-                f"api: {request.id}: ended by the worker: {message.get('message') or message.get('finish_reason')}")
-            request.cancelled.set()  # the worker skips it, or stops between two tokens
             self._log(f"api: {request.id}: client gone, cancelled")
         finally:
+            if not answered:  # client gone or server stopping: say how the worker ends the job
+                request.sink = lambda message: message["type"] == "piece" or self._log(
+                    f"api: {request.id}: ended by the worker: "
+                    f"{message.get('message') or message.get('finish_reason')}")
+            # However this handler ends, nobody reads the job any more: the worker skips it,
+            # or stops between two tokens.
+            request.cancelled.set()
             gone.cancel()
 
     async def _stream(self, send, chat: Chat, model: str, first: dict, replies, gone, extra: list) -> None:

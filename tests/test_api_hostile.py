@@ -349,3 +349,15 @@ def test_oversized_headers_are_a_400_and_a_closed_connection(live):
         reader.join(TIMEOUT)
         answer = answer[0] if answer else b""
     assert answer.startswith(b"HTTP/1.1 400 ") and b"Traceback" not in answer
+
+
+def test_stopping_the_server_cancels_what_it_was_streaming(tiny_path, tmp_path):
+    server = Live(endless_checkpoint(tiny_path, tmp_path / "endless"), tmp_path / "api-key")
+    try:
+        s, request_id = _stream_until_first_piece(server)
+        with s:
+            server.api.close()  # the menu's Local API toggled off, mid-answer
+            assert "cancelled" in server.wait_log(f"api: {request_id}: ended by the worker")
+        assert server.worker.wait_idle(TIMEOUT)
+    finally:
+        server.close()
