@@ -18,9 +18,11 @@ def main(argv: list[str] | None = None) -> int:
                         help="headless: also serve the OpenAI-compatible local API (default 127.0.0.1:8089; "
                              "needs the 'api' extra)")
     parser.add_argument("--http-public", action="store_true",
-                        help="allow --http on an address that is not loopback (the API key is still required)")
+                        help="headless: allow --http on an address that is not loopback (the API key is still "
+                             "required)")
     parser.add_argument("--allow-origin", action="append", default=[], metavar="ORIGIN",
-                        help="a web origin (https://example.com) whose pages may call the API; repeatable")
+                        help="headless: a web origin (https://example.com) whose pages may call the API; "
+                             "repeatable")
     parser.add_argument("--max-queue", type=int, default=64, metavar="N",
                         help="headless: requests allowed to wait for the model (more are refused as busy)")
     if argv is None:  # Finder once passed -psn_0_12345 to apps; ignore it if it ever appears
