@@ -44,6 +44,8 @@ def api_key(path: Path | None = None) -> str:
     try:
         key = path.read_text(encoding="utf-8").strip()
         if key:
+            if path.stat().st_mode & 0o077:  # loosened since (a copy, an editor): private again
+                os.chmod(path, FILE_MODE)
             return key
     except FileNotFoundError:
         pass

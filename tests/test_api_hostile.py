@@ -319,6 +319,9 @@ def test_the_key_file_is_private_and_kept(tmp_path):
     assert stat.S_IMODE(os.stat(tmp_path / "data" / "api-key").st_mode) == 0o600
     assert stat.S_IMODE(os.stat(tmp_path / "data").st_mode) == 0o700
     assert api_key(tmp_path / "data" / "api-key") == key  # the same key on the next start
+    os.chmod(tmp_path / "data" / "api-key", 0o644)
+    assert api_key(tmp_path / "data" / "api-key") == key
+    assert stat.S_IMODE(os.stat(tmp_path / "data" / "api-key").st_mode) == 0o600  # made private again
     assert base64.urlsafe_b64decode(key[len("sk-local-"):] + "=")  # random bytes, url-safe
 
 
