@@ -33,6 +33,7 @@ examples:
   python -m app.caption --region                     drag a screen region, caption it
   python -m app.caption -p "What text is shown?" scan.png
   python -m app.caption --detect "cat" --draw boxes.png cat.jpg
+  python -m app.caption --json-schema tags.json photo.jpg    JSON held to a schema
   python -m app.caption ~/Pictures/trip --jsonl trip.jsonl    resumable batch
   python -m app.caption "shots/**/*.png" --json --no-split     JSON lines, fastest
   python -m app.caption ~/Pictures/trip --write-metadata       alt text, caption, keywords into the photos
@@ -40,7 +41,8 @@ examples:
 model: --model, else $MLX_VLM_PORT_MODEL, else {DEFAULT_MODEL}
   (a hub id or a local folder). If the menubar app is running, its loaded model
   does the work (no load time) unless --no-service.
-exit codes: 0 ok, 1 other failure (unwritable --jsonl or --draw, broken pipe, a bug),
+exit codes: 0 ok, 1 other failure (unwritable --jsonl or --draw, a --json-schema answer
+  cut off by --max-tokens, broken pipe, a bug),
   2 usage, 3 bad or missing image, 4 model cannot be loaded, 5 capture failed or not
   permitted, 130 interrupted.
 """
@@ -99,8 +101,11 @@ def build_parser() -> Parser:
     gen.add_argument("--longest-edge", type=_flag_type(image["longest_edge"]), metavar="PX",
                      help=image["longest_edge"].help + " (smaller = faster)")
     gen.add_argument("--no-split", action="store_true", help="one view of the image, no tiles (fastest)")
+    gen.add_argument("--json-schema", metavar="FILE",
+                     help="answer with JSON valid against the JSON Schema in FILE ({\"type\": \"object\"}: any object)")
     det = p.add_argument_group("grounding")
-    det.add_argument("--detect", metavar="QUERY", help="find QUERY and print its boxes (label x1 y1 x2 y2)")
+    det.add_argument("--detect", metavar="QUERY",
+                     help="find QUERY and print its boxes (label: x1 y1 x2 y2, 0..1; --json: JSON)")
     det.add_argument("--draw", metavar="OUT", help="with --detect: write the image with the boxes drawn")
     out = p.add_argument_group("output")
     out.add_argument("--json", action="store_true", help="one JSON object per image on stdout")
@@ -117,6 +122,8 @@ def check(args: argparse.Namespace) -> None:
         raise UsageError("--detect and --prompt cannot be combined (--detect writes its own prompt)")
     if args.detect is not None and not args.detect.strip():
         raise UsageError("--detect needs a query, e.g. --detect 'dog'")
+    if args.detect is not None and args.json_schema is not None:
+        raise UsageError("--detect and --json-schema cannot be combined (--detect holds the answer to its own schema)")
     if args.draw and args.detect is None:
         raise UsageError("--draw needs --detect QUERY")
     if args.draw and os.path.splitext(args.draw)[1].lower() not in DRAW_FORMATS:
@@ -172,6 +179,30 @@ def gather(args: argparse.Namespace) -> list[Source]:
     return sources
 
 
+def read_schema(path: str) -> dict:
+    """The JSON Schema in `path`, checked by the grammar engine before any model loads."""
+    import json
+
+    try:
+        with open(path, "rb") as f:
+            schema = json.loads(f.read())
+    except FileNotFoundError:
+        raise UsageError(f"--json-schema {path}: no such file") from None
+    except OSError as e:
+        raise UsageError(f"--json-schema {path}: cannot read ({e.strerror or e})") from None
+    except ValueError as e:  # JSONDecodeError (line and column) or undecodable bytes
+        raise UsageError(f"--json-schema {path}: not JSON ({e})") from None
+    if not isinstance(schema, dict):
+        raise UsageError(f"--json-schema {path}: must hold a JSON Schema object, e.g. {{\"type\": \"object\"}}")
+    from mlx_vlm_port.constrain import check_schema
+
+    try:
+        check_schema(schema)
+    except ValueError as e:
+        raise UsageError(f"--json-schema {path}: {e}") from None
+    return schema
+
+
 def make_job(args: argparse.Namespace) -> Job:
     prompt = DETECT_PROMPT.format(query=args.detect.strip()) if args.detect is not None else (
         args.prompt or DEFAULT_PROMPT)
@@ -185,11 +216,18 @@ def make_job(args: argparse.Namespace) -> Job:
     one_view = args.no_split or args.max_image_tokens is not None
     image = ImageOptions(**{name: getattr(args, name) for name in IMAGE_FLAGS},
                          do_image_splitting=False if one_view else None)
-    return Job(prompt, args.system, sampling, image, args.detail.capitalize() if args.detail else None)
+    if args.detect is not None:
+        from captioning.grounding import DETECT_SCHEMA
+
+        schema = DETECT_SCHEMA
+    else:
+        schema = read_schema(args.json_schema) if args.json_schema is not None else None
+    return Job(prompt, args.system, sampling, image, args.detail.capitalize() if args.detail else None, schema)
 
 
 def run(args: argparse.Namespace) -> int:
     check(args)
+    job = make_job(args)  # a bad --json-schema fails before any capture or model load
     sources = gather(args)
     if args.draw and len(sources) != 1:
         raise UsageError(f"--draw writes one image, but {len(sources)} inputs were given")
@@ -202,7 +240,6 @@ def run(args: argparse.Namespace) -> int:
         if done:
             say(f"skipping {len(done)} of {len(sources)} images already in {args.jsonl}", error=False)
         sources = [s for s in sources if s not in log]
-    job = make_job(args)
     engine = Engine(args.model, use_service=not args.no_service)
     progress = Progress(len(sources))
     out = Output(args, multi=len(sources) > 1, progress=progress)

@@ -27,7 +27,8 @@ class Output:
         self.stream = stream or sys.stdout
         # Tokens stream to a terminal as they come; a pipe (Shortcuts, scripts)
         # gets each result whole. JSON and boxes only make sense whole.
-        self.live = (self.stream.isatty() and not args.json and args.detect is None
+        # JSON held to a schema prints only once it is complete; so do metadata fields.
+        self.live = (self.stream.isatty() and not args.json and args.detect is None and args.json_schema is None
                      and not getattr(args, "write_metadata", None))
         self.printed: list[str] = []
         self.header: str | None = None
@@ -70,13 +71,23 @@ class Output:
         result = engine.run(source.label, job, self.piece, path=source.path, data=source.data,
                             need_image=need_image)
         text = result.text.strip()
+        cut = job.json_schema is not None and result.finish_reason == "length"
+        if cut and self.args.detect is None:
+            raise Failure(Exit.FAILED, f"{source.label}: the answer was cut off at --max-tokens "
+                                       f"{job.sampling.max_tokens} before its JSON was complete (raise --max-tokens)")
         record = {"path": source.name, "caption": text, "model": result.model,
                   "prompt_tokens": result.prompt_tokens, "generation_tokens": result.generation_tokens,
                   "seconds": round(result.seconds, 3)}
         if finish is not None:
             text = finish(source, text, record)
         if self.args.detect is not None:
-            record["boxes"] = self.boxes(source, text, result.image)
+            record["boxes"] = self.boxes(source, text, result.image, cut)
+        elif job.json_schema is not None:
+            try:
+                record["json"] = json.loads(text)
+            except ValueError:  # only an answer not held to the schema: a service older than this CLI
+                raise Failure(Exit.FAILED, f"{source.label}: the answer is not JSON (if the menubar app is older "
+                                           f"than this command, restart it or use --no-service)") from None
         if self.args.json:
             self.write(json.dumps(record, ensure_ascii=False) + "\n")
         elif self.args.detect is not None:
@@ -91,10 +102,19 @@ class Output:
         self.progress.show()
         return record
 
-    def boxes(self, source: Source, text: str, image) -> list[dict]:
-        from captioning.grounding import draw_boxes, parse_boxes
+    def boxes(self, source: Source, text: str, image, cut: bool) -> list[dict]:
+        from captioning.grounding import boxes_from_json, draw_boxes, parse_boxes
 
-        boxes = parse_boxes(text)
+        boxes = None
+        try:
+            boxes = None if cut else boxes_from_json(text)
+        except ValueError:  # not held to the schema (a service older than this CLI): read it leniently
+            pass
+        if boxes is None:
+            boxes = parse_boxes(text)
+        if cut:  # the complete boxes before the cut still count; say that more may be missing
+            say(f"{source.label}: the answer was cut off at --max-tokens {self.args.max_tokens}; "
+                f"boxes after the first {len(boxes)} may be missing", error=False)
         if not boxes:
             say(f"{source.label}: no boxes found for {self.args.detect!r} (answer: {text[:80]!r})", error=False)
         if self.args.draw:

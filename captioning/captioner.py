@@ -55,18 +55,22 @@ class Captioner:
         self.load()
         yield from stream_generate(self.model, self.processor, self.prompt(job.prompt, job.system), [image],
                                    sampling=job.sampling, image_options=job.image_options(self.family),
-                                   prompt_cache=self.prompt_cache)
+                                   prompt_cache=self.prompt_cache, json_schema=job.json_schema)
 
     def run(self, image, job: Job, on_piece: Callable[[str], None],
-            cancelled: Callable[[], bool] | None = None) -> Result:
+            cancelled: Callable[[], bool] | None = None, enough: Callable[[], bool] | None = None) -> Result:
         """Answer `job` whole, handing each streamed piece to `on_piece`; Failure on any error.
-        `cancelled()` is asked between tokens; True abandons the job (Failure(MODEL, "cancelled"))."""
-        tic, pieces, last = time.perf_counter(), [], None
+        `cancelled()` is asked between tokens; True abandons the job (Failure(MODEL, "cancelled")).
+        `enough()` too; True ends it as finished ("stop"), e.g. once the caller saw its stop string."""
+        tic, pieces, last, finish = time.perf_counter(), [], None, None
         responses = self.stream(image, job)
         try:
             for last in responses:
                 if cancelled is not None and cancelled():
                     raise Failure(Exit.MODEL, "cancelled")
+                if enough is not None and enough():
+                    finish = "stop"
+                    break
                 if last.text:
                     pieces.append(last.text)
                     on_piece(last.text)
@@ -76,4 +80,4 @@ class Captioner:
             responses.close()  # an abandoned generator releases its caches now, not at GC
         return Result("".join(pieces), self.model_id, last.prompt_tokens if last else 0,
                       last.generation_tokens if last else 0, time.perf_counter() - tic,
-                      last.finish_reason if last else None)
+                      finish or (last.finish_reason if last else None))

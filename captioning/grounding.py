@@ -1,10 +1,12 @@
 """Bounding boxes from a grounding answer, and drawing them on the image.
 
-The model is asked for a JSON array of {"label", "bbox": [x1, y1, x2, y2]}, but a
+The model is asked for a JSON array of {"label", "bbox": [x1, y1, x2, y2]} (0..1),
+the format LFM2-VL is trained on. Held to DETECT_SCHEMA, the answer is that JSON
+and `boxes_from_json` reads it. Without the schema (or cut off by max_tokens) a
 small VLM writes near-JSON: single quotes, trailing commas, a missing closing
-bracket when it hits max_tokens, prose or ``` fences around it, Python literals.
-`parse_boxes` repairs what it can and, failing that, scans for label/box pairs,
-so a usable answer is never lost to a syntax slip. Nothing here imports MLX.
+bracket, prose or ``` fences around it, Python literals. `parse_boxes` repairs
+what it can and, failing that, scans for label/box pairs, so a usable answer is
+never lost to a syntax slip. Nothing here imports MLX.
 """
 
 from __future__ import annotations
@@ -22,6 +24,17 @@ _LABEL_RE = re.compile(r"""["']?(?:%s)["']?\s*[:=]\s*(?:"([^"]*)"|'([^']*)')""" 
 _FENCE_RE = re.compile(r"```[a-zA-Z0-9_-]*\s*\n?(.*?)(?:```|$)", re.S)
 
 
+# The detection answer's shape. Box count and label length are bounded so a small
+# model cannot run on (only the digits of a number are not).
+DETECT_SCHEMA = {
+    "type": "array", "maxItems": 32,
+    "items": {"type": "object", "additionalProperties": False, "required": ["label", "bbox"], "properties": {
+        "label": {"type": "string", "maxLength": 64},
+        "bbox": {"type": "array", "minItems": 4, "maxItems": 4,
+                 "items": {"type": "number", "minimum": 0, "maximum": 1}}}},
+}
+
+
 @dataclass(frozen=True)
 class Box:
     label: str
@@ -29,6 +42,14 @@ class Box:
 
     def to_dict(self) -> dict:
         return {"label": self.label, "bbox": list(self.bbox)}
+
+
+def boxes_from_json(text: str) -> list[Box]:
+    """The boxes of a complete answer held to DETECT_SCHEMA; ValueError if it is not one."""
+    value = json.loads(text)
+    if not isinstance(value, list) or not all(isinstance(d, dict) and _box_from_dict(d) for d in value):
+        raise ValueError("not a JSON array of {label, bbox} objects")
+    return [_box_from_dict(d) for d in value]
 
 
 def parse_boxes(text: str) -> list[Box]:

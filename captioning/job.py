@@ -38,10 +38,15 @@ class Job:
     sampling: SamplingOptions = field(default_factory=SamplingOptions)
     image: ImageOptions = field(default_factory=ImageOptions)  # set options win over the detail preset
     detail: str | None = None  # a DETAILS name
+    # A JSON Schema the answer is held to ({"type": "object"}: any JSON object); None: free text.
+    json_schema: dict | None = None
 
     def __post_init__(self):
         if self.detail is not None and self.detail not in DETAILS:
             raise ValueError(f"detail must be one of {', '.join(DETAILS)}, got {self.detail!r}")
+        if self.json_schema is not None and not isinstance(self.json_schema, dict):
+            raise ValueError(f"json_schema must be a JSON object (a JSON Schema), "
+                             f"got {type(self.json_schema).__name__}")
 
     def image_options(self, family: str) -> ImageOptions:
         """The image options for a model of `family` (model_type): the preset's, then the job's own."""

@@ -3,6 +3,7 @@
 Request (one line):  {"op": "caption", "id": str | int, "image_path" | "image_b64": str,
                       "prompt": str, "system": str | null,
                       "detail": "Fast" | "Balanced" | "Detailed" | null,
+                      "json_schema": {JSON Schema} | null (the answer is held to it),
                       and any of mlx_vlm_port.options' fields (null = the default):
                       SamplingOptions: max_tokens, temperature, top_p, min_p,
                         repetition_penalty, seed;
@@ -69,8 +70,11 @@ def decode(line: bytes) -> dict:
 
 def job_fields(job: Job) -> dict:
     """A Job as request fields (job_from_request's inverse; unset options are left out)."""
-    return {"prompt": job.prompt, "system": job.system, "detail": job.detail,
-            **job.sampling.given(), **job.image.given()}
+    fields = {"prompt": job.prompt, "system": job.system, "detail": job.detail,
+              **job.sampling.given(), **job.image.given()}
+    if job.json_schema is not None:
+        fields["json_schema"] = job.json_schema
+    return fields
 
 
 def job_from_request(request: dict) -> Job:
@@ -83,9 +87,12 @@ def job_from_request(request: dict) -> Job:
     system = request.get("system")
     if system is not None and not isinstance(system, str):
         raise Failure(Exit.USAGE, '"system" must be a string (or null)')
+    schema = request.get("json_schema")
+    if schema is not None and not isinstance(schema, dict):
+        raise Failure(Exit.USAGE, '"json_schema" must be a JSON Schema object (or null)')
     try:
         return Job(prompt, system, _options(SamplingOptions, request), _options(ImageOptions, request),
-                   request.get("detail"))
+                   request.get("detail"), schema)
     except ValueError as e:  # the detail preset's name (Job checks it)
         raise Failure(Exit.USAGE, f'"detail": {e}') from None
 

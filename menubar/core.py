@@ -14,7 +14,7 @@ import sys
 import threading
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from captioning.job import DEFAULT_PROMPT, DETECT_PROMPT
 from menubar.history import History, menu_label
@@ -24,6 +24,9 @@ from menubar.settings import DETAILS, LANGUAGES, MODELS, Settings, in_language
 from menubar.sources import AppCapture, Capture
 from menubar.storage import data_dir
 from menubar.worker import Worker
+
+if TYPE_CHECKING:
+    from menubar.api_server import ApiServer
 
 TITLES = {"idle": "◌", "loading": "◌", "ready": "◉", "busy": "◐", "error": "⚠"}
 RESULT_TITLES = {"caption": "Caption", "ask": "Answer", "find": "Objects", "metadata": "Written into the photo"}
@@ -51,6 +54,7 @@ class MenuState:
     launch_at_login: bool
     copy_results: bool
     has_result: bool
+    local_api: bool  # the local API is serving
     state: str
     status: str  # a line for the top of the menu: "Ready — <model>", "Loading …", the error
 
@@ -58,12 +62,13 @@ class MenuState:
 class App:
     def __init__(self, ui: UI, worker: Worker, *, settings: Settings, history: History,
                  capture: Capture | None = None, launch_agent: LaunchAgent | None = None,
-                 detections_dir: Path | None = None, max_waiting: int = 2):
+                 detections_dir: Path | None = None, max_waiting: int = 2, api: "ApiServer | None" = None):
         self.ui, self.worker, self.settings, self.history = ui, worker, settings, history
         self.capture = capture or AppCapture()
         self.launch_agent = launch_agent or LaunchAgent()
         self.detections_dir = detections_dir or data_dir() / "detections"
         self.max_waiting = max_waiting  # jobs allowed to wait behind the running one
+        self.api = api  # the local API (menubar.api_server.ApiServer), made on first use
         self.events: queue.Queue = queue.Queue()
         self.state, self.state_detail = "idle", ""
         self.active = 0  # our jobs submitted and not yet answered (+1 while a screen grab runs)
@@ -78,6 +83,8 @@ class App:
         """Load the chosen model (in the worker) and draw the first title and menu."""
         self.worker.load(self.settings.model)
         self.state = "loading"
+        if self.settings.local_api:
+            self._start_api()
         self.render()
 
     # --- menu actions ---------------------------------------------------------------
@@ -155,6 +162,44 @@ class App:
     def toggle_copy_results(self) -> None:
         self.settings.copy_results = not self.settings.copy_results
         self._save_settings()
+
+    def toggle_local_api(self) -> None:
+        """Serve (or stop serving) the OpenAI-compatible API on the same worker; remembered."""
+        if self.api is not None and self.api.running:
+            self.api.close()
+            self.settings.local_api = False
+        else:
+            self.settings.local_api = self._start_api()
+        self._save_settings()
+
+    def copy_api_key(self) -> None:
+        from menubar.api_server import api_key
+
+        try:
+            key = api_key(self.api.key_file if self.api is not None else None)
+        except OSError as e:
+            self.ui.alert("Cannot read the API key", str(e))
+            return
+        self.ui.copy(key)
+        self.ui.notify("API key copied", "Send it as “Authorization: Bearer <key>”.")
+
+    def _start_api(self) -> bool:
+        from menubar.api_server import ApiServer, ApiUnavailable
+
+        try:
+            if self.api is None:
+                self.api = ApiServer(self.worker)
+            self.api.start()
+        except (ApiUnavailable, OSError) as e:
+            self.ui.notify("Local API not started", str(e))
+            return False
+        self.ui.notify("Local API on", f"{self.api.url} — use Copy API Key for the key.")
+        return True
+
+    def stop_api(self) -> None:
+        """At quit (any thread): stop serving, leave the setting as it is."""
+        if self.api is not None:
+            self.api.close()
 
     def toggle_launch_at_login(self) -> None:
         if self._guard(self.launch_agent.set, not self.launch_agent.enabled()):
@@ -344,7 +389,8 @@ class App:
                          detail=self.settings.detail, language=self.settings.language,
                          history=[menu_label(e) for e in self.history.entries],
                          launch_at_login=self.launch_agent.enabled(), copy_results=self.settings.copy_results,
-                         has_result=self.last_result is not None, state=self.state, status=status)
+                         has_result=self.last_result is not None, state=self.state, status=status,
+                         local_api=self.api is not None and self.api.running)
 
     def render(self) -> None:
         self.ui.set_title(self.title())

@@ -12,13 +12,16 @@ from menubar.service import AlreadyRunning, Service
 from menubar.worker import Worker
 
 
-def run(model: str | None = None) -> int:
-    """Serve until SIGINT/SIGTERM (exit 0) or until the model cannot be loaded (exit 1)."""
+def run(model: str | None = None, *, http: str | None = None, public: bool = False,
+        origins: tuple[str, ...] = (), max_queue: int = 64) -> int:
+    """Serve until SIGINT/SIGTERM (exit 0) or until the model cannot be loaded (exit 1);
+    with `http` ("HOST:PORT") the local API too, on the same worker."""
     from captioning.job import default_model
 
     model = model or default_model()
-    worker = Worker(model)
+    worker = Worker(model, max_queue=max_queue)
     service = Service(worker)
+    api = None
     try:
         service.bind()  # before loading: a second server learns in milliseconds that it is not needed
     except AlreadyRunning as e:
@@ -27,6 +30,16 @@ def run(model: str | None = None) -> int:
     except OSError as e:
         print(f"menubar: cannot open the service socket {service.path}: {e}", file=sys.stderr)
         return 1
+    if http is not None:
+        from menubar.api_server import ApiServer, ApiUnavailable
+
+        try:
+            api = ApiServer(worker, http, public=public, origins=origins)
+            api.bind()
+        except (ValueError, ApiUnavailable) as e:
+            print(f"menubar: {e}", file=sys.stderr)
+            service.close()
+            return 1
 
     stop, failed = threading.Event(), threading.Event()
 
@@ -44,6 +57,9 @@ def run(model: str | None = None) -> int:
     worker.start()
     worker.load(model)
     service.start()
+    if api is not None:
+        api.start()
+        print(f"menubar: local API at {api.url} (key in {api.key_file})", file=sys.stderr, flush=True)
     print(f"menubar: caption service at {service.path} (model {model}, pid {os.getpid()}); "
           "Ctrl-C stops it", file=sys.stderr, flush=True)
     while not stop.wait(0.5):
@@ -51,6 +67,8 @@ def run(model: str | None = None) -> int:
     if failed.is_set():
         worker.wait_idle(2)  # queued requests get the load error as their answer...
         time.sleep(0.2)      # ...and their handlers a moment to forward it
+    if api is not None:
+        api.close()
     service.close()
     worker.stop(timeout=10)
     code = 1 if failed.is_set() else 0

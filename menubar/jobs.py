@@ -35,6 +35,7 @@ class Request:
     sink: Callable[[dict], None] = _drop  # called on the worker thread; must not block
     tag: Any = None                 # the submitter's own bookkeeping, untouched by the worker
     cancelled: threading.Event = field(default_factory=threading.Event)
+    enough: threading.Event = field(default_factory=threading.Event)  # end it now as finished ("stop")
 
 
 def request_from_message(message: dict) -> Request:

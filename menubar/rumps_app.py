@@ -121,6 +121,7 @@ class MenuView:
         self.model = rumps.MenuItem("Model")
         self.copy_results = item("Copy Results to Clipboard", core.toggle_copy_results)
         self.launch = item("Launch at Login", core.toggle_launch_at_login)
+        self.local_api = item("Local API", core.toggle_local_api)
         self._shown_history: list[str] | None = None
         self._shown_models: tuple | None = None
         app.menu = [
@@ -137,6 +138,7 @@ class MenuView:
             (rumps.MenuItem("Language"), list(self.languages.values())),
             self.model, None,
             self.copy_results, self.launch, None,
+            self.local_api, item("Copy API Key", core.copy_api_key), None,
             item("Quit", on_quit),
         ]
 
@@ -148,6 +150,7 @@ class MenuView:
             entry.state = int(name == state.language)
         self.copy_results.state = int(state.copy_results)
         self.launch.state = int(state.launch_at_login)
+        self.local_api.state = int(state.local_api)
         if state.models != self._shown_models:
             self._rebuild(self.model, [(m, lambda m=m: self.core.set_model(m)) for m in state.models])
             self._shown_models = state.models
@@ -205,6 +208,7 @@ def build(model: str | None = None):
         timeout = STOP_SECONDS if timeout is None else timeout
         if not done:
             done.append(True)
+            core.stop_api()
             if service:
                 service.close()
             worker.stop(timeout=timeout)

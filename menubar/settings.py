@@ -26,6 +26,7 @@ class Settings:
     language: str = "English"
     copy_results: bool = True  # put each result on the clipboard as well as in a notification
     max_tokens: int = SamplingOptions().max_tokens
+    local_api: bool = False  # serve the OpenAI-compatible API on 127.0.0.1:8089
     path: Path | None = field(default=None, repr=False, compare=False)
 
     @classmethod
@@ -44,6 +45,8 @@ class Settings:
             s.language = raw["language"]
         if isinstance(raw.get("copy_results"), bool):
             s.copy_results = raw["copy_results"]
+        if isinstance(raw.get("local_api"), bool):
+            s.local_api = raw["local_api"]
         if isinstance(raw.get("max_tokens"), int) and not isinstance(raw["max_tokens"], bool) \
                 and 1 <= raw["max_tokens"] <= 4096:
             s.max_tokens = raw["max_tokens"]

@@ -185,7 +185,8 @@ class Worker:
         try:
             result = self._captioner.run(
                 request.image, request.job, lambda text: self._emit(request, {"type": "piece", "text": text}),
-                cancelled=lambda: request.cancelled.is_set() or self._stopping.is_set())
+                cancelled=lambda: request.cancelled.is_set() or self._stopping.is_set(),
+                enough=request.enough.is_set)
             self._emit(request, {
                 "type": "done", "text": result.text, "model": self.model_id, "prompt_tokens": result.prompt_tokens,
                 "generation_tokens": result.generation_tokens, "finish_reason": result.finish_reason,

@@ -12,6 +12,7 @@ from typing import Iterator
 import mlx.core as mx
 import numpy as np
 
+from .constrain import JsonConstraint
 from .options import ImageOptions, SamplingOptions
 from .processor import StreamingDetokenizer, image_inputs
 from .prompt_cache import PromptCache
@@ -78,10 +79,12 @@ def embed_prompt(model, inputs: dict[str, np.ndarray], cache: list, step: int,
 
 
 def generate_tokens(model, inputs: dict[str, np.ndarray], sampling: SamplingOptions, *, eos_ids: set,
-                    prompt_cache: PromptCache | None = None, prefill_step_size: int = 2048
-                    ) -> Iterator[tuple[int, float]]:
+                    prompt_cache: PromptCache | None = None, prefill_step_size: int = 2048,
+                    constraint: JsonConstraint | None = None) -> Iterator[tuple[int, float]]:
     """Yield (token, seconds to first token) for each new token of the processor's
-    NumPy output `inputs`, at most sampling.max_tokens; the caller stops on EOS."""
+    NumPy output `inputs`, at most sampling.max_tokens; the caller stops on EOS.
+    With a `constraint`, each token is chosen among those it allows, and the tokens
+    end where its value is complete and nothing but EOS may follow (constraint.done)."""
     if sampling.seed is not None:
         mx.random.seed(sampling.seed)
     tic = time.perf_counter()
@@ -95,14 +98,20 @@ def generate_tokens(model, inputs: dict[str, np.ndarray], sampling: SamplingOpti
         seen[0, inputs["input_ids"].ravel()] = True
         seen = mx.array(seen)
 
-    def choose(logits):
+    def choose(logits, allowed=None):
         nonlocal seen
         logits = apply_repetition_penalty(logits, seen, penalty)
+        if allowed is not None:
+            logits = mx.where(mx.array(allowed), logits, -mx.inf)
         y = sample(logits, sampling.temperature, sampling.top_p, sampling.min_p)
         if seen is not None:
             seen = mx.maximum(seen, mx.arange(seen.shape[1]) == y[:, None])
         return y
 
+    if constraint is not None:
+        yield from _constrained(lm, cache, choose, prefill(model, embeds, cache, prefill_step_size), tic,
+                                sampling.max_tokens, eos_ids, constraint)
+        return
     y = choose(prefill(model, embeds, cache, prefill_step_size))
     mx.eval(y)
     first = time.perf_counter() - tic
@@ -121,6 +130,33 @@ def generate_tokens(model, inputs: dict[str, np.ndarray], sampling: SamplingOpti
             y = next_y
 
 
+def _constrained(lm, cache, choose, logits, tic: float, max_tokens: int, eos_ids: set,
+                 constraint: JsonConstraint) -> Iterator[tuple[int, float]]:
+    """generate_tokens' loop under a grammar. The mask for step n+1 depends on token n,
+    so the forward pass for n+1 starts first and the mask is computed on the CPU
+    while it runs; only the masked sampling waits for both."""
+    y = choose(logits, constraint.allowed())
+    mx.eval(y)
+    first = time.perf_counter() - tic
+    for n in range(max_tokens):
+        more = n + 1 < max_tokens
+        if more:
+            next_logits = lm(lm.embed(y[None]), cache)[:, -1]
+        token = y.item()
+        if token in eos_ids:
+            yield token, first
+            return
+        if more:
+            mx.async_eval(next_logits)
+        constraint.advance(token)
+        yield token, first
+        if constraint.done:  # only EOS may follow: the caller ends here, no step is run for it
+            return
+        if more:
+            y = choose(next_logits, constraint.allowed())
+            mx.async_eval(y)
+
+
 def stream_generate(model, processor, prompt: str, images: list | None = None, *,
                     max_tokens: int | None = None, temperature: float | None = None, top_p: float | None = None,
                     min_p: float | None = None, repetition_penalty: float | None = None, seed: int | None = None,
@@ -128,20 +164,30 @@ def stream_generate(model, processor, prompt: str, images: list | None = None, *
                     longest_edge: int | None = None, do_image_splitting: bool | None = None,
                     sampling: SamplingOptions | None = None, image_options: ImageOptions | None = None,
                     prompt_cache: PromptCache | None = None, ignore_eos: bool = False,
-                    prefill_step_size: int = 2048) -> Iterator[Response]:
+                    prefill_step_size: int = 2048, json_schema: dict | None = None) -> Iterator[Response]:
     """Generate from a templated prompt (and its images), one Response per new token.
 
     Sampling: options.SamplingOptions' defaults (the model card's), each keyword
     given winning over `sampling`. Image options: min/max_image_tokens for LFM2-VL,
     longest_edge for SmolVLM, do_image_splitting for both (None: the checkpoint's
     setting), winning over `image_options`. `prompt_cache` (a PromptCache) reuses a
-    previous prompt's image work; None: nothing is reused."""
+    previous prompt's image work; None: nothing is reused.
+
+    `json_schema` (a JSON Schema as a dict; {"type": "object"} for any JSON object)
+    holds the text to it: finish_reason "stop" means it parses and validates,
+    "length" that the budget ran out first (the text is then unfinished JSON).
+    ValueError for a schema the grammar engine cannot enforce."""
     sampling = (sampling or SamplingOptions()).updated(
         max_tokens=max_tokens, temperature=temperature, top_p=top_p, min_p=min_p,
         repetition_penalty=repetition_penalty, seed=seed)
     image_options = (image_options or ImageOptions()).updated(
         min_image_tokens=min_image_tokens, max_image_tokens=max_image_tokens, longest_edge=longest_edge,
         do_image_splitting=do_image_splitting)
+    constraint = None
+    if json_schema is not None:
+        if ignore_eos:
+            raise ValueError("json_schema and ignore_eos cannot be combined (the JSON ends with EOS)")
+        constraint = JsonConstraint(processor, json_schema, model.config.text_config.vocab_size)
     start = time.perf_counter()
     inputs = processor(prompt, images, image_options=image_options, return_numpy=True)
     n_prompt = inputs["input_ids"].shape[1]
@@ -150,7 +196,7 @@ def stream_generate(model, processor, prompt: str, images: list | None = None, *
     preprocessing = time.perf_counter() - start
     tic, count = time.perf_counter(), 0
     for token, first in generate_tokens(model, inputs, sampling, eos_ids=eos, prompt_cache=prompt_cache,
-                                        prefill_step_size=prefill_step_size):
+                                        prefill_step_size=prefill_step_size, constraint=constraint):
         if count == 0:
             tic, ttft = time.perf_counter(), first + preprocessing
         count += 1
@@ -159,7 +205,8 @@ def stream_generate(model, processor, prompt: str, images: list | None = None, *
             yield Response("", token, n_prompt, count - 1, ttft, rate, "stop")
             return
         text = detok.add(token)
-        reason = "length" if count == sampling.max_tokens else None
+        reason = "stop" if constraint is not None and constraint.done else (
+            "length" if count == sampling.max_tokens else None)
         if reason:
             text += detok.flush()
         yield Response(text, token, n_prompt, count, ttft, rate, reason)
@@ -171,10 +218,10 @@ def generate(model, processor, prompt: str, images: list | None = None, *,
              min_image_tokens: int | None = None, max_image_tokens: int | None = None,
              longest_edge: int | None = None, do_image_splitting: bool | None = None,
              sampling: SamplingOptions | None = None, image_options: ImageOptions | None = None,
-             prompt_cache: PromptCache | None = None) -> str:
+             prompt_cache: PromptCache | None = None, json_schema: dict | None = None) -> str:
     """The whole generated text (see `stream_generate`)."""
     return "".join(r.text for r in stream_generate(
         model, processor, prompt, images, max_tokens=max_tokens, temperature=temperature, top_p=top_p, min_p=min_p,
         repetition_penalty=repetition_penalty, seed=seed, min_image_tokens=min_image_tokens,
         max_image_tokens=max_image_tokens, longest_edge=longest_edge, do_image_splitting=do_image_splitting,
-        sampling=sampling, image_options=image_options, prompt_cache=prompt_cache))
+        sampling=sampling, image_options=image_options, prompt_cache=prompt_cache, json_schema=json_schema))
