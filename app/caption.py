@@ -206,7 +206,7 @@ def read_schema(path: str) -> dict:
 def make_job(args: argparse.Namespace) -> Job:
     prompt = DETECT_PROMPT.format(query=args.detect.strip()) if args.detect is not None else (
         args.prompt or DEFAULT_PROMPT)
-    if args.write_metadata:  # its schema (captioning.metadata.SCHEMA) goes on the Job once Job takes one
+    if args.write_metadata:
         from captioning.metadata import prompt as metadata_prompt
 
         prompt = metadata_prompt(args.language.strip())
@@ -220,6 +220,10 @@ def make_job(args: argparse.Namespace) -> Job:
         from captioning.grounding import DETECT_SCHEMA
 
         schema = DETECT_SCHEMA
+    elif args.write_metadata:
+        from captioning.metadata import SCHEMA
+
+        schema = SCHEMA
     else:
         schema = read_schema(args.json_schema) if args.json_schema is not None else None
     return Job(prompt, args.system, sampling, image, args.detail.capitalize() if args.detail else None, schema)

@@ -39,8 +39,9 @@ def check_flags(args, usage_error) -> None:
         if given:
             raise usage_error(f"{', '.join(given)} only apply with --write-metadata")
         return
-    if args.detect is not None or args.prompt is not None:
-        raise usage_error("--write-metadata asks its own question; it cannot be combined with --detect or --prompt")
+    if args.detect is not None or args.prompt is not None or args.json_schema is not None:
+        raise usage_error("--write-metadata asks its own question and holds the answer to its own schema; it "
+                          "cannot be combined with --detect, --prompt or --json-schema")
     if not args.language.strip():
         raise usage_error("--language needs a language, e.g. --language German")
 

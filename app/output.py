@@ -72,7 +72,7 @@ class Output:
                             need_image=need_image)
         text = result.text.strip()
         cut = job.json_schema is not None and result.finish_reason == "length"
-        if cut and self.args.detect is None:
+        if cut and self.args.detect is None and finish is None:  # (finish repairs a cut answer itself)
             raise Failure(Exit.FAILED, f"{source.label}: the answer was cut off at --max-tokens "
                                        f"{job.sampling.max_tokens} before its JSON was complete (raise --max-tokens)")
         record = {"path": source.name, "caption": text, "model": result.model,
@@ -82,7 +82,7 @@ class Output:
             text = finish(source, text, record)
         if self.args.detect is not None:
             record["boxes"] = self.boxes(source, text, result.image, cut)
-        elif job.json_schema is not None:
+        elif job.json_schema is not None and finish is None:
             try:
                 record["json"] = json.loads(text)
             except ValueError:  # only an answer not held to the schema: a service older than this CLI

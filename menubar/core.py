@@ -299,7 +299,7 @@ class App:
             if target.described:
                 self.ui.notify("Already described", f"{target.label} already has a description; left as it was")
                 continue
-            job = Request(data, self.settings.job(metadata.prompt(self.settings.language)),
+            job = Request(data, self.settings.job(metadata.prompt(self.settings.language), json_schema=metadata.SCHEMA),
                           tag=("metadata", target, data))
             job.sink = functools.partial(self._post_job, job)
             if not self.worker.submit(job):
@@ -348,11 +348,13 @@ class App:
     def _submit(self, kind: str, image: bytes, question: str) -> None:
         if self._refuse_if_full():
             return
-        if kind == "find":
-            prompt = DETECT_PROMPT.format(query=question)  # labels stay as asked: no language suffix
+        if kind == "find":  # labels stay as asked: no language suffix; boxes held to their schema
+            from captioning.grounding import DETECT_SCHEMA
+
+            job = self.settings.job(DETECT_PROMPT.format(query=question), greedy=True, json_schema=DETECT_SCHEMA)
         else:
-            prompt = in_language(question, self.settings.language)
-        job = Request(image, self.settings.job(prompt, greedy=kind == "find"), tag=(kind, question, image))
+            job = self.settings.job(in_language(question, self.settings.language))
+        job = Request(image, job, tag=(kind, question, image))
         job.sink = functools.partial(self._post_job, job)
         if not self.worker.submit(job):
             self.ui.notify("Still working", "The caption queue is full; try again in a moment.")

@@ -56,13 +56,13 @@ class Settings:
         values = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "path"}
         write_private_json(self.path or settings_path(), values)
 
-    def job(self, prompt: str, *, greedy: bool = False) -> Job:
+    def job(self, prompt: str, *, greedy: bool = False, json_schema: dict | None = None) -> Job:
         """A Job asking `prompt` with these settings; `greedy` for structured answers (Find
-        Objects), which also get room for a list of boxes."""
+        Objects), which also get room for a list of boxes; `json_schema` holds the answer to it."""
         sampling = SamplingOptions(max_tokens=self.max_tokens)
         if greedy:
             sampling = replace(sampling, temperature=0.0, max_tokens=max(512, self.max_tokens))
-        return Job(prompt, sampling=sampling, detail=self.detail)
+        return Job(prompt, sampling=sampling, detail=self.detail, json_schema=json_schema)
 
     def as_dict(self) -> dict:
         d = asdict(self)

@@ -49,6 +49,9 @@ def test_find_objects_draws_boxes_into_a_private_png(rig, tmp_path):
     app.find_objects()
     pump(app, lambda: ui.notes)
     assert lab.calls[-1]["prompt"] == prompt and lab.calls[-1]["temperature"] == 0.0
+    from captioning.grounding import DETECT_SCHEMA
+
+    assert lab.calls[-1]["json_schema"] == DETECT_SCHEMA  # the boxes are held to their schema
     assert ui.notes[-1] == ("Objects", "Found 2: cup ×2")
     (path,) = ui.opened
     assert path.parent == tmp_path / "data" / "detections" and path.suffix == ".png"

@@ -60,7 +60,7 @@ class FakeModel(Captioner):
         try:
             question = job.prompt
             lab.calls.append({"image": image, "prompt": question, "system": job.system, "detail": job.detail,
-                              **job.sampling.given(), **job.image.given()})
+                              "json_schema": job.json_schema, **job.sampling.given(), **job.image.given()})
             if job.sampling.max_tokens != 1:  # the warm-up is never held
                 lab.gate.wait(10)
             if image == b"not an image":

@@ -53,6 +53,6 @@ def test_the_menu_language_goes_into_the_question(rig, tmp_path):  # noqa: F811
     ui.chosen = [make_photo(tmp_path / "a.jpg")]
     app.write_into_photos()
     pump(app, lambda: ui.notes and not app.writing)
-    assert lab.calls[-1]["prompt"] == metadata.prompt("German")
+    assert lab.calls[-1]["prompt"] == metadata.prompt("German") and lab.calls[-1]["json_schema"] == metadata.SCHEMA
     assert ui.notes[-1][0] == "Written into the photo"  # the fake's plain answer is the description
     assert exiftool(tmp_path / "a.jpg")["XMP-dc:Description"].startswith("caption of")

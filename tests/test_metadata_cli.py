@@ -20,7 +20,7 @@ from tests.test_metadata import FIELDS, exiftool, make_photo, write
 pytest.importorskip("pyexiv2")
 pytestmark = pytest.mark.skipif(shutil.which("exiftool") is None, reason="needs exiftool (.ci/run installs it)")
 ROOT = Path(__file__).resolve().parents[1]
-FAST = ["--max-tokens", "12", "--temperature", "0", "--no-service"]
+FAST = ["--max-tokens", "160", "--temperature", "0", "--no-service"]
 
 
 def cli(*args, stdin: bytes = b"") -> subprocess.CompletedProcess:
@@ -52,11 +52,15 @@ def test_a_batch_writes_the_good_files_and_reports_each_bad_one(tmp_path_factory
     for record, path in zip(records, good):
         meta = record["metadata"]
         assert meta["written"] is True and meta["file"] == str(path)
-        assert meta["description"] == " ".join(record["caption"].split())  # no JSON: the plain answer
+        # The answer is held to SCHEMA (cut off by --max-tokens here): what is written is what the reader makes of it.
+        assert meta["description"] and meta == {**metadata.parse_answer(record["caption"]).to_dict(),
+                                                "file": meta["file"], "written": True}
         tags = exiftool(path)
         assert tags["XMP-dc:Description"] == meta["description"]
         assert tags["XMP-iptcCore:AltTextAccessibility"] == meta["alt_text"]
-        assert tags["XMP-dc:Subject"] == ["family", "Paris"]  # the user's, and none invented
+        subject = tags["XMP-dc:Subject"]
+        assert (subject if isinstance(subject, list) else [subject]) == ["family", "Paris"] + [
+            k for k in meta["keywords"] if k.lower() not in ("family", "paris")]  # the user's first, none lost
     assert all(p.read_bytes() == data for p, data in untouched.items())
     assert (tmp_path / "d.jpg").is_symlink()
 
@@ -73,7 +77,7 @@ def test_described_photos_are_skipped_unless_overwrite(tmp_path, tiny_path):
     assert done.returncode == 0, done.stderr
     tags = exiftool(path)
     assert tags["XMP-dc:Description"] != FIELDS.description
-    assert tags["XMP-photoshop:Headline"] == FIELDS.title  # no title in the answer: the old one stays
+    assert tags["XMP-photoshop:Headline"] not in ("", FIELDS.title)  # the schema's answer has a title: replaced
     assert tags["XMP-dc:Subject"][:2] == ["family", "Paris"]
 
 
@@ -83,7 +87,7 @@ def test_dry_run_prints_and_writes_nothing(tmp_path, tiny_path):
     done = cli(path, "--write-metadata", "sidecar", "--dry-run", "--model", tiny_path, *FAST)
     assert done.returncode == 0, done.stderr
     out = done.stdout.decode()
-    assert out.startswith("title: \nalt text: ") and f"dry run, would write: {tmp_path / 'a.xmp'}" in out
+    assert out.startswith("title: ") and "\nalt text: " in out and f"dry run, would write: {tmp_path / 'a.xmp'}" in out
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a.jpg"]
     assert path.read_bytes() == before and os.stat(path).st_mtime_ns == mtime
 
@@ -112,6 +116,7 @@ def test_stdin_and_usage_errors(tmp_path, tiny_path):
     assert done.returncode == 3 and "writes into image files" in done.stderr.decode()
     for args, message in ((["--dry-run"], "only apply with --write-metadata"),
                           (["--write-metadata", "-p", "hi"], "cannot be combined"),
+                          (["--write-metadata", "--json-schema", str(path)], "cannot be combined"),
                           (["--write-metadata", "somewhere"], "invalid choice")):
         done = cli(path, *args, "--model", tiny_path, *FAST)
         assert done.returncode == 2 and message in done.stderr.decode(), done.stderr
@@ -142,3 +147,11 @@ def test_a_missing_pyexiv2_is_one_line_naming_the_extra(tmp_path):
     assert done.stderr.decode() == ('caption: error: writing metadata needs pyexiv2: '
                                     'pip install "mlx-vlm-port[metadata]"\n')
     assert path.read_bytes() == before
+
+
+def test_the_metadata_answer_is_held_to_its_schema():
+    """--write-metadata asks for SCHEMA's object and the Job holds the answer to it."""
+    from app.caption import build_parser, make_job
+
+    job = make_job(build_parser().parse_args(["x.jpg", "--write-metadata"]))
+    assert job.json_schema == metadata.SCHEMA
