@@ -34,7 +34,8 @@ ENTRY = "menubar/__main__.py"  # absolute imports only, as py2app runs it as a p
 
 # Packages copied whole: ours, and those with data files or extension modules next to their code.
 PACKAGES = ["mlx_vlm_port", "captioning", "app", "menubar", "rumps", "PIL", "pillow_heif", "numpy", "tokenizers",
-            "jinja2", "huggingface_hub", "pyexiv2"]  # pyexiv2: Write Caption into Photos (its own libexiv2 inside)
+            "jinja2", "huggingface_hub", "llguidance",
+            "pyexiv2"]  # pyexiv2: Write Caption into Photos (its own libexiv2 inside)
 INCLUDES: list[str] = []  # everything is found from the entry script and PACKAGES
 # mlx travels as a folder (above); the rest are optional imports of our dependencies that the app never uses.
 EXCLUDES = ["mlx", "tkinter", "torch", "transformers", "mlx_vlm", "pytest", "hypothesis", "safetensors", "pandas",
