@@ -9,20 +9,11 @@ import pytest
 
 from captioning.grounding import DETECT_SCHEMA
 from tests.test_cli import cli
-from tests.test_service import Server, caption_request, png, request
+from tests.test_service import caption_request, png, request, server  # noqa: F401 (its service, one per module)
 
 SCHEMA = {"type": "object", "additionalProperties": False, "required": ["animal", "legs"],
           "properties": {"animal": {"enum": ["cat", "dog", "bird"]},
                          "legs": {"type": "integer", "minimum": 0, "maximum": 8}}}
-
-
-@pytest.fixture(scope="module")
-def server(tiny_path):
-    srv = Server(tiny_path)
-    try:
-        yield srv.start()
-    finally:
-        srv.stop()
 
 
 def test_the_service_holds_answers_to_the_schema(server):
