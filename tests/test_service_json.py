@@ -5,7 +5,6 @@ the CLI's --json-schema and --detect go through the service too."""
 import json
 
 import jsonschema
-import pytest
 
 from captioning.grounding import DETECT_SCHEMA
 from tests.test_cli import cli
