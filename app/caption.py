@@ -66,6 +66,16 @@ def _flag_type(spec):
     return parse
 
 
+def _positive(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {text!r}")
+    return value
+
+
 def _flag(name: str) -> str:
     return "--" + name.replace("_", "-")
 
@@ -97,6 +107,9 @@ def build_parser() -> Parser:
     gen.add_argument("--longest-edge", type=_flag_type(image["longest_edge"]), metavar="PX",
                      help=image["longest_edge"].help + " (smaller = faster)")
     gen.add_argument("--no-split", action="store_true", help="one view of the image, no tiles (fastest)")
+    gen.add_argument("--batch-size", type=_positive, metavar="N",
+                     help="caption up to N images of a folder together (faster per image; default: as many "
+                          "as memory allows, at most 16; 1: one at a time, streamed)")
     det = p.add_argument_group("grounding")
     det.add_argument("--detect", metavar="QUERY", help="find QUERY and print its boxes (label x1 y1 x2 y2)")
     det.add_argument("--draw", metavar="OUT", help="with --detect: write the image with the boxes drawn")
@@ -199,8 +212,14 @@ def run(args: argparse.Namespace) -> int:
     progress = Progress(len(sources))
     out = Output(args, multi=len(sources) > 1, progress=progress)
     worst = Exit.OK
+    # several images and this process's model: decode them together
+    batched = len(sources) > 1 and args.detect is None and args.batch_size != 1 and engine.local()
     try:
-        for source in sources:
+        if batched:
+            from .batched import caption_batched
+
+            worst = caption_batched(engine.local().captioner, sources, job, args.batch_size, out, log, progress)
+        for source in sources if not batched else ():
             progress.step(source.label)
             try:
                 if source.error:

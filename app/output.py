@@ -73,6 +73,13 @@ class Output:
                   "seconds": round(result.seconds, 3)}
         if self.args.detect is not None:
             record["boxes"] = self.boxes(source, text, result.image)
+        return self.show(record)
+
+    def show(self, record: dict, source: Source | None = None) -> dict:
+        """Print one finished record (whole; with `source`, after its header)."""
+        text = record["caption"]
+        if source is not None and self.multi and not self.args.json:
+            self.header = ("\n" if self.printed else "") + f"==> {source.label} <==\n"
         if self.args.json:
             self.write(json.dumps(record, ensure_ascii=False) + "\n")
         elif self.args.detect is not None:
