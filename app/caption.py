@@ -19,6 +19,7 @@ from captioning.job import DEFAULT_MODEL, DEFAULT_PROMPT, DETAILS, DETECT_PROMPT
 from mlx_vlm_port.options import ImageOptions, SamplingOptions, specs
 
 from captioning import capture
+from . import distributed
 from .batch import JsonlLog, Progress, Source, expand
 from .output import Output, say
 
@@ -198,10 +199,17 @@ def run(args: argparse.Namespace) -> int:
     sources = gather(args)
     if args.draw and len(sources) != 1:
         raise UsageError(f"--draw writes one image, but {len(sources)} inputs were given")
+    everything, ranks = sources, distributed.group()  # launched by mlx.launch: this rank's share, its own part
+    if ranks is not None:
+        if not args.jsonl:
+            raise UsageError("under mlx.launch, give --jsonl OUT (each rank writes a part, rank 0 merges them)")
+        merged = JsonlLog.read_done(args.jsonl)
+        sources = [s for s in distributed.share(sources, ranks.rank(), ranks.size()) if s.key not in merged]
+    jsonl = distributed.part_path(args.jsonl, ranks.rank(), ranks.size()) if ranks is not None else args.jsonl
     try:
-        log = JsonlLog(args.jsonl) if args.jsonl else None
+        log = JsonlLog(jsonl) if jsonl else None
     except OSError as e:
-        raise Failure(Exit.FAILED, f"--jsonl {args.jsonl}: cannot open ({e.strerror or e})") from None
+        raise Failure(Exit.FAILED, f"--jsonl {jsonl}: cannot open ({e.strerror or e})") from None
     if log:
         done = [s for s in sources if s in log]
         if done:
@@ -238,6 +246,8 @@ def run(args: argparse.Namespace) -> int:
         progress.clear()
         if log:
             log.close()
+    if ranks is not None:
+        worst = distributed.finish(ranks, args.jsonl, everything, worst)
     if args.copy and out.copied_text().strip():
         try:
             capture.copy_text(out.copied_text().strip())
