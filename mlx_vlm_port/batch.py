@@ -173,6 +173,8 @@ def stream_batch_generate(model, processor, prompts: str | Sequence[str], images
         do_image_splitting=do_image_splitting)
     if batch_size is not None and batch_size < 1:
         raise ValueError(f"batch_size must be at least 1, got {batch_size}")
+    if not isinstance(prompts, str) and hasattr(images, "__len__") and len(prompts) != len(images):
+        raise ValueError(f"{len(prompts)} prompts for {len(images)} images")
     eos = set() if ignore_eos else set(processor.eos_token_ids)
     waiting = enumerate(zip(_each(prompts), images, limits))
     batch = Batch(model, sampling)
@@ -207,6 +209,8 @@ def stream_batch_generate(model, processor, prompts: str | Sequence[str], images
             features = image_features(model, inputs)
             rows, caches, firsts, seens, keys = [], [], [], [], []
             for (index, (_, _, limit)), x, f in zip(taken, inputs, features):
+                if limit < 1:
+                    raise ValueError(f"max_tokens must be at least 1, got {limit} for prompt {index}")
                 cache = batch.lm.make_cache()
                 ids = mx.array(x["input_ids"])
                 embeds = model.get_input_embeddings(ids) if f is None else model.get_input_embeddings(

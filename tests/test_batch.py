@@ -162,7 +162,11 @@ def _fits(model, x, available) -> bool:
         return False
 
 
-def test_rejects_a_bad_batch_size(tiny):
+def test_rejects_bad_requests_in_one_line(tiny):
     model, processor = tiny
     with pytest.raises(ValueError, match="batch_size"):
         list(stream_batch_generate(model, processor, "hi", [None], batch_size=0))
+    with pytest.raises(ValueError, match="2 prompts for 1 images"):
+        list(stream_batch_generate(model, processor, ["hi", "ho"], [None]))
+    with pytest.raises(ValueError, match="max_tokens must be at least 1, got 0 for prompt 1"):
+        list(stream_batch_generate(model, processor, "hi", [None, None], max_tokens=[2, 0]))
