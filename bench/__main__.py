@@ -234,10 +234,12 @@ def main(argv=None) -> int:
             args.out.with_suffix(".json").write_text(json.dumps(results, indent=1) + "\n")
     if batch_configs:
         impls = [i for i in batch.IMPLS if i.split("-")[0] in results["impls"]]
-        results["batch"] = {name: batch.measure(name, ck.folder(args.cache, batch.CONFIGS[name]), args.cache, impls,
-                                                args.rounds, args.new_tokens or 64, run_child, env, args.timeout, log)
-                            for name in batch_configs}
-        args.out.with_suffix(".json").write_text(json.dumps(results, indent=1) + "\n")
+        results["batch"] = {}
+        for name in batch_configs:
+            results["batch"][name] = batch.measure(name, ck.folder(args.cache, batch.CONFIGS[name]), args.cache,
+                                                   impls, args.rounds, args.new_tokens or 64, run_child, env,
+                                                   args.timeout, log)
+            args.out.with_suffix(".json").write_text(json.dumps(results, indent=1) + "\n")
         batch_out = args.out.with_name(args.out.stem + "-batch.md")
         batch_out.write_text(batch.report(results["batch"], results["machine"], quiet))
         log(f"wrote {batch_out}")

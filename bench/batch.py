@@ -153,7 +153,9 @@ def measure(name: str, model: Path, cache: Path, impls: list[str], rounds: int, 
             res = run_child(cmd, env, timeout, ROOT)
             res.update(round=r, impl=impl)
             conf["runs"].append(res)
-            log(f"  rc {res['rc']}, {res.get('images_per_min', 0):.2f} images/min, {res['child_maxrss_mb']:.0f} MB"
+            phase = f", prompt phase {res['prompt_phase_s']:.1f} s" if "prompt_phase_s" in res else ""
+            log(f"  rc {res['rc']}, {res.get('images_per_min', 0):.2f} images/min, {res.get('seconds', 0):.1f} s"
+                f"{phase}, {res['child_maxrss_mb']:.0f} MB"
                 + (f"\n  error: {res['error'][-300:]}" if res["rc"] else ""))
     return conf
 
