@@ -87,22 +87,29 @@ class JsonlLog:
 
     def __init__(self, path: str | os.PathLike):
         self.path = Path(path)
-        self.done: set[str] = set()
+        self.done = self.read_done(self.path)
         needs_newline = False
         if self.path.exists():
             raw = self.path.read_bytes()
             needs_newline = bool(raw) and not raw.endswith(b"\n")
-            for line in raw.splitlines():
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.file = open(self.path, "a", encoding="utf-8")
+        if needs_newline:  # start after the torn line, never glued to it
+            self.file.write("\n")
+
+    @staticmethod
+    def read_done(path: str | os.PathLike) -> set[str]:
+        """The paths a log already holds (none if it does not exist), without opening it for writing."""
+        done: set[str] = set()
+        if os.path.exists(path):
+            for line in Path(path).read_bytes().splitlines():
                 try:
                     record = json.loads(line)
                 except ValueError:
                     continue
                 if isinstance(record, dict) and isinstance(record.get("path"), str):
-                    self.done.add(record["path"])
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self.file = open(self.path, "a", encoding="utf-8")
-        if needs_newline:  # start after the torn line, never glued to it
-            self.file.write("\n")
+                    done.add(record["path"])
+        return done
 
     def __contains__(self, source: Source) -> bool:
         return source.path is not None and source.key in self.done

@@ -19,7 +19,7 @@ from captioning.job import DEFAULT_MODEL, DEFAULT_PROMPT, DETAILS, DETECT_PROMPT
 from mlx_vlm_port.options import ImageOptions, SamplingOptions, specs
 
 from captioning import capture
-from . import metadata
+from . import distributed, metadata
 from .batch import JsonlLog, Progress, Source, expand
 from .output import Output, say
 
@@ -70,6 +70,16 @@ def _flag_type(spec):
     return parse
 
 
+def _positive(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {text!r}")
+    return value
+
+
 def _flag(name: str) -> str:
     return "--" + name.replace("_", "-")
 
@@ -103,6 +113,9 @@ def build_parser() -> Parser:
     gen.add_argument("--no-split", action="store_true", help="one view of the image, no tiles (fastest)")
     gen.add_argument("--json-schema", metavar="FILE",
                      help="answer with JSON valid against the JSON Schema in FILE ({\"type\": \"object\"}: any object)")
+    gen.add_argument("--batch-size", type=_positive, metavar="N",
+                     help="caption up to N images of a folder together (faster per image; default: as many "
+                          "as memory allows, at most 16; 1: one at a time, streamed)")
     det = p.add_argument_group("grounding")
     det.add_argument("--detect", metavar="QUERY",
                      help="find QUERY and print its boxes (label: x1 y1 x2 y2, 0..1; --json: JSON)")
@@ -235,10 +248,17 @@ def run(args: argparse.Namespace) -> int:
     sources = gather(args)
     if args.draw and len(sources) != 1:
         raise UsageError(f"--draw writes one image, but {len(sources)} inputs were given")
+    everything, ranks = sources, distributed.group()  # launched by mlx.launch: this rank's share, its own part
+    if ranks is not None:
+        if not args.jsonl:
+            raise UsageError("under mlx.launch, give --jsonl OUT (each rank writes a part, rank 0 merges them)")
+        merged = JsonlLog.read_done(args.jsonl)
+        sources = [s for s in distributed.share(sources, ranks.rank(), ranks.size()) if s.key not in merged]
+    jsonl = distributed.part_path(args.jsonl, ranks.rank(), ranks.size()) if ranks is not None else args.jsonl
     try:
-        log = JsonlLog(args.jsonl) if args.jsonl else None
+        log = JsonlLog(jsonl) if jsonl else None
     except OSError as e:
-        raise Failure(Exit.FAILED, f"--jsonl {args.jsonl}: cannot open ({e.strerror or e})") from None
+        raise Failure(Exit.FAILED, f"--jsonl {jsonl}: cannot open ({e.strerror or e})") from None
     if log:
         done = [s for s in sources if s in log]
         if done:
@@ -249,8 +269,16 @@ def run(args: argparse.Namespace) -> int:
     out = Output(args, multi=len(sources) > 1, progress=progress)
     writer = metadata.MetadataWriter(args) if args.write_metadata else None
     worst = Exit.OK
+    # several images and this process's model: decode them together
+    # (not for answers held to a schema or written into photos: the batch path does neither)
+    batched = (len(sources) > 1 and args.detect is None and job.json_schema is None and not args.write_metadata
+               and args.batch_size != 1 and engine.local())
     try:
-        for source in sources:
+        if batched:
+            from .batched import caption_batched
+
+            worst = caption_batched(engine.local().captioner, sources, job, args.batch_size, out, log, progress)
+        for source in sources if not batched else ():
             progress.step(source.label)
             try:
                 if source.error:
@@ -272,6 +300,8 @@ def run(args: argparse.Namespace) -> int:
         progress.clear()
         if log:
             log.close()
+    if ranks is not None:
+        worst = distributed.finish(ranks, args.jsonl, everything, worst)
     if args.copy and out.copied_text().strip():
         try:
             capture.copy_text(out.copied_text().strip())

@@ -88,6 +88,16 @@ class Output:
             except ValueError:  # only an answer not held to the schema: a service older than this CLI
                 raise Failure(Exit.FAILED, f"{source.label}: the answer is not JSON (if the menubar app is older "
                                            f"than this command, restart it or use --no-service)") from None
+        return self.show(record, text=text)
+
+    def show(self, record: dict, source: Source | None = None, text: str | None = None) -> dict:
+        """Print one finished record (whole; with `source`, after its header); `text` is
+        what to print of it (default: its caption)."""
+        text = record["caption"] if text is None else text
+        if source is not None and self.multi and not self.args.json:
+            self.header = ("
+" if self.printed else "") + f"==> {source.label} <==
+"
         if self.args.json:
             self.write(json.dumps(record, ensure_ascii=False) + "\n")
         elif self.args.detect is not None:

@@ -5,7 +5,7 @@ the thread that loaded it (MLX streams are per thread)."""
 from __future__ import annotations
 
 import time
-from typing import Callable, Iterator
+from typing import Callable, Iterable, Iterator, Sequence
 
 from .errors import Exit, Failure, classify
 from .job import Job, Result, default_model
@@ -56,6 +56,21 @@ class Captioner:
         yield from stream_generate(self.model, self.processor, self.prompt(job.prompt, job.system), [image],
                                    sampling=job.sampling, image_options=job.image_options(self.family),
                                    prompt_cache=self.prompt_cache, json_schema=job.json_schema)
+
+    def stream_batch(self, images: Iterable, job: Job | Sequence[Job], batch_size: int | None = None) -> Iterator:
+        """Answer `job` (one for every image, or one each: the same sampling and image
+        options, any prompts and max_tokens) about each of `images` (read lazily, as batch
+        slots open), decoding up to `batch_size` (None: as many as memory allows)
+        together: yields (index, generate.Response) as rows advance."""
+        from mlx_vlm_port import stream_batch_generate
+
+        self.load()
+        jobs = [job] if isinstance(job, Job) else list(job)
+        prompts = [self.prompt(j.prompt, j.system) for j in jobs]
+        yield from stream_batch_generate(
+            self.model, self.processor, prompts[0] if isinstance(job, Job) else prompts, images,
+            max_tokens=None if isinstance(job, Job) else [j.sampling.max_tokens for j in jobs],
+            sampling=jobs[0].sampling, image_options=jobs[0].image_options(self.family), batch_size=batch_size)
 
     def run(self, image, job: Job, on_piece: Callable[[str], None],
             cancelled: Callable[[], bool] | None = None, enough: Callable[[], bool] | None = None) -> Result:

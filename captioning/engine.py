@@ -87,12 +87,17 @@ class Engine:
         self.model, self.use_service = model, use_service
         self.backend: LocalEngine | ServiceEngine | None = None
 
-    def run(self, label: str, job: Job, on_piece: OnPiece, *, path: str | None = None,
-            data: bytes | None = None, need_image: bool = False) -> Result:
+    def local(self) -> LocalEngine | None:
+        """The in-process engine when no service does the jobs (decided once, at first need)."""
         if self.backend is None:
             requested = self.model or os.environ.get("MLX_VLM_PORT_MODEL")  # else: whatever it serves
             service = ServiceEngine.connect(requested) if self.use_service else None
             self.backend = service or LocalEngine(self.model)
+        return self.backend if isinstance(self.backend, LocalEngine) else None
+
+    def run(self, label: str, job: Job, on_piece: OnPiece, *, path: str | None = None,
+            data: bytes | None = None, need_image: bool = False) -> Result:
+        self.local()
         try:
             return self.backend.run(label, job, on_piece, path=path, data=data, need_image=need_image)
         except client.ServiceUnavailable:  # the service went away before answering: do it here

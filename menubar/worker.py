@@ -2,11 +2,14 @@
 
 MLX streams are per thread, so the load and every generation must happen on
 this same long-lived thread; the UI and the service's connection handlers only
-`submit` jobs and read the replies the job's sink receives.
+`submit` jobs and read the replies the job's sink receives. Jobs that wait
+together with the same sampling and image options are answered as one batch
+(each still streams to its own sink and gets the caption it would get alone).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import gc
 import queue
 import sys
@@ -14,14 +17,22 @@ import threading
 import time
 from typing import Any, Callable
 
-from captioning.errors import Exit, Failure
+from captioning.errors import Exit, Failure, classify
 from captioning.job import Job
 from mlx_vlm_port.options import SamplingOptions
 from menubar.jobs import Request
 
 _STOP = object()
+MAX_BATCH = 8  # at most this many waiting jobs answered as one batch
 WARMUP = Job("Hi", sampling=SamplingOptions(max_tokens=1))
 Listener = Callable[[str, str], None]  # (state, detail), called on the worker thread
+
+
+def _batchable(a: Job, b: Job) -> bool:
+    """Jobs one batch can answer: the same sampling (but for max_tokens) and image options,
+    and free text (a batch holds no answer to a schema)."""
+    return (dataclasses.replace(a.sampling, max_tokens=1) == dataclasses.replace(b.sampling, max_tokens=1)
+            and a.image == b.image and a.detail == b.detail and a.json_schema is None is b.json_schema)
 
 
 def _stderr(line: str) -> None:
@@ -119,8 +130,10 @@ class Worker:
             _clear_mlx_streams()
 
     def _loop(self) -> None:
+        held = None  # an item taken while gathering a batch that could not join it: next in line
         while True:
-            item = self._queue.get()
+            item = held if held is not None else self._queue.get()
+            held, items = None, [item]
             try:
                 if item is _STOP:
                     return
@@ -128,16 +141,31 @@ class Worker:
                     if not self._stopping.is_set():
                         self._load(item[1])
                     continue
+                while len(items) < MAX_BATCH:  # jobs already waiting with the same settings join this one
+                    try:
+                        waiting = self._queue.get_nowait()
+                    except queue.Empty:
+                        break
+                    if isinstance(waiting, Request) and _batchable(item.job, waiting.job):
+                        items.append(waiting)
+                    else:
+                        held = waiting
+                        break
                 with self._lock:
-                    self._pending -= 1
+                    self._pending -= len(items)
+                live = [r for r in items if not r.cancelled.is_set()]  # not those whose client went away
                 if self._stopping.is_set():
-                    self._emit(item, {"type": "error", "code": Exit.MODEL, "message": "the caption service stopped"})
-                elif not item.cancelled.is_set():  # its client went away while it waited
-                    self._caption(item)
+                    for r in items:
+                        self._emit(r, {"type": "error", "code": Exit.MODEL, "message": "the caption service stopped"})
+                elif len(live) == 1:
+                    self._caption(live[0])
+                elif live:
+                    self._caption_batch(live)
             except Exception as e:  # the worker must outlive any one job
                 self._log(f"worker: unexpected {type(e).__name__}: {e}")
             finally:
-                self._queue.task_done()
+                for _ in items:
+                    self._queue.task_done()
 
     def _set_state(self, state: str, detail: str = "") -> None:
         if state == "busy" == self.state:
@@ -198,6 +226,54 @@ class Worker:
             if self._pending == 0:
                 self._set_state("ready", self.model_id)
                 _clear_mlx_cache()  # idle: hand the generation's GPU buffers back to the system
+
+    def _caption_batch(self, requests: list[Request]) -> None:
+        """Jobs that waited together, decoded as one batch; each streams and finishes on its own."""
+        if self._captioner is None:
+            for r in requests:
+                self._caption(r)  # answers "model unavailable"
+            return
+        self._current = requests[0]
+        self._set_state("busy", ", ".join(str(r.id) for r in requests))
+        tic, pieces, open_ = time.perf_counter(), {i: [] for i in range(len(requests))}, set(range(len(requests)))
+        rows = self._captioner.stream_batch([r.image for r in requests], [r.job for r in requests])
+        try:
+            for index, response in rows:
+                request = requests[index]
+                if self._stopping.is_set():
+                    raise Failure(Exit.MODEL, "cancelled")
+                if index not in open_:  # answered already (cancelled, or ended by its client): runs out unheard
+                    continue
+                if request.cancelled.is_set():  # its client went away
+                    open_.discard(index)
+                elif request.enough.is_set():  # its client has what it needs (a stop string): finished
+                    open_.discard(index)
+                    self._emit(request, {
+                        "type": "done", "text": "".join(pieces[index]), "model": self.model_id,
+                        "prompt_tokens": response.prompt_tokens, "generation_tokens": response.generation_tokens,
+                        "finish_reason": "stop", "seconds": round(time.perf_counter() - tic, 4)})
+                else:
+                    if response.text:
+                        pieces[index].append(response.text)
+                        self._emit(request, {"type": "piece", "text": response.text})
+                    if response.finish_reason is not None:
+                        open_.discard(index)
+                        self._emit(request, {
+                            "type": "done", "text": "".join(pieces[index]), "model": self.model_id,
+                            "prompt_tokens": response.prompt_tokens, "generation_tokens": response.generation_tokens,
+                            "finish_reason": response.finish_reason, "seconds": round(time.perf_counter() - tic, 4)})
+                if not open_:
+                    break
+        except Exception as e:
+            failure = classify(e)
+            for index in open_:
+                self._emit(requests[index], {"type": "error", "code": failure.code, "message": failure.message})
+        finally:
+            rows.close()  # an abandoned generator releases its caches now
+            self._current = None
+            if self._pending == 0:
+                self._set_state("ready", self.model_id)
+                _clear_mlx_cache()
 
     def _emit(self, request: Request, message: dict) -> None:
         try:

@@ -12,12 +12,14 @@ from . import _blas
 
 _blas.preload()  # before anything imports mlx.core
 
-__all__ = ["load", "generate", "stream_generate", "PromptCache"]
+__all__ = ["load", "generate", "stream_generate", "batch_generate", "stream_batch_generate", "PromptCache"]
 
 # name → (submodule, the names it exports here); imported on first use, so
 # `import mlx_vlm_port` (and the CLI's --help) does not import MLX
 _LAZY = {"load": ("load", ("load",)), "generate": ("generate", ("generate", "stream_generate")),
          "stream_generate": ("generate", ("generate", "stream_generate")),
+         "batch_generate": ("batch", ("batch_generate", "stream_batch_generate")),
+         "stream_batch_generate": ("batch", ("batch_generate", "stream_batch_generate")),
          "PromptCache": ("prompt_cache", ("PromptCache",))}
 
 

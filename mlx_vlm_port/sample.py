@@ -14,8 +14,9 @@ def apply_repetition_penalty(logits: mx.array, seen: mx.array | None, penalty: f
     return mx.where(seen, mx.where(logits < 0, logits * penalty, logits / penalty), logits)
 
 
-def sample(logits: mx.array, temperature: float = 0.0, top_p: float = 1.0, min_p: float = 0.0) -> mx.array:
-    """logits (1, V) → token id (1,)."""
+def sample(logits: mx.array, temperature: float = 0.0, top_p: float = 1.0, min_p: float = 0.0,
+           key: mx.array | None = None) -> mx.array:
+    """logits (B, V) → token ids (B,); `key`: a PRNG key to draw with instead of MLX's global one."""
     if temperature <= 0:
         return mx.argmax(logits, axis=-1)
     logprobs = logits.astype(mx.float32) / temperature
@@ -32,4 +33,4 @@ def sample(logits: mx.array, temperature: float = 0.0, top_p: float = 1.0, min_p
         # Drop tokens less likely than min_p × the most likely one.
         threshold = mx.max(logprobs, axis=-1, keepdims=True) + mx.log(mx.array(min_p))
         logprobs = mx.where(logprobs < threshold, -mx.inf, logprobs)
-    return mx.random.categorical(logprobs, axis=-1)
+    return mx.random.categorical(logprobs, axis=-1, key=key)

@@ -37,6 +37,12 @@ class Model(Captioner):
             yield types.SimpleNamespace(text=str(i), prompt_tokens=1, generation_tokens=i + 1, prompt_seconds=0.0,
                                         finish_reason=None)
 
+    def stream_batch(self, images, jobs, batch_size=None):  # jobs that waited together
+        for i in range(3):
+            for index in range(len(images)):
+                yield index, types.SimpleNamespace(text=str(i), prompt_tokens=1, generation_tokens=i + 1,
+                                                   prompt_seconds=0.0, finish_reason="length" if i == 2 else None)
+
 
 def test_the_cache_is_cleared_on_the_worker_thread_once_the_queue_is_empty(monkeypatch):
     mx = FakeMLX()

@@ -92,9 +92,9 @@ class Attention(nn.Module):
         self.q_layernorm = nn.RMSNorm(hd, eps=c.norm_eps)
         self.k_layernorm = nn.RMSNorm(hd, eps=c.norm_eps)
 
-    def __call__(self, x: mx.array, cache: KVCache | None) -> mx.array:
+    def __call__(self, x: mx.array, cache: KVCache | None, mask: mx.array | None = None) -> mx.array:
         B, L, _ = x.shape
-        offset = cache.offset if cache is not None else 0
+        offset = cache.offset if cache is not None else 0  # a batch cache gives one offset per row
         # (B, L, heads·hd) -> (B, heads, L, hd), per-head RMSNorm before RoPE
         q = self.q_layernorm(self.q_proj(x).reshape(B, L, self.n_heads, -1)).transpose(0, 2, 1, 3)
         k = self.k_layernorm(self.k_proj(x).reshape(B, L, self.n_kv, -1)).transpose(0, 2, 1, 3)
@@ -103,7 +103,8 @@ class Attention(nn.Module):
         k = mx.fast.rope(k, self.head_dim, traditional=False, base=self.rope_theta, scale=1.0, offset=offset)
         if cache is not None:
             k, v = cache.update_and_fetch(k, v)
-        o = mx.fast.scaled_dot_product_attention(q, k, v, scale=self.scale, mask=causal_mask(L, offset))
+        mask = causal_mask(L, offset) if mask is None else mask
+        o = mx.fast.scaled_dot_product_attention(q, k, v, scale=self.scale, mask=mask)
         return self.out_proj(o.transpose(0, 2, 1, 3).reshape(B, L, -1))
 
 
@@ -158,9 +159,11 @@ class DecoderLayer(nn.Module):
         self.operator_norm = nn.RMSNorm(c.hidden_size, eps=c.norm_eps)
         self.ffn_norm = nn.RMSNorm(c.hidden_size, eps=c.norm_eps)
 
-    def __call__(self, x: mx.array, cache) -> mx.array:
-        op = self.self_attn if self.is_attention else self.conv
-        x = x + op(self.operator_norm(x), cache)
+    def __call__(self, x: mx.array, cache, mask: mx.array | None = None) -> mx.array:
+        if self.is_attention:
+            x = x + self.self_attn(self.operator_norm(x), cache, mask)
+        else:
+            x = x + self.conv(self.operator_norm(x), cache)
         return x + self.feed_forward(self.ffn_norm(x))
 
 
@@ -171,10 +174,10 @@ class LFM2Model(nn.Module):
         self.layers = [DecoderLayer(c, t) for t in c.layer_types]
         self.embedding_norm = nn.RMSNorm(c.hidden_size, eps=c.norm_eps)
 
-    def __call__(self, embeddings: mx.array, cache: list | None = None) -> mx.array:
+    def __call__(self, embeddings: mx.array, cache: list | None = None, mask: mx.array | None = None) -> mx.array:
         h = embeddings
         for i, layer in enumerate(self.layers):
-            h = layer(h, cache[i] if cache is not None else None)
+            h = layer(h, cache[i] if cache is not None else None, mask)
         return self.embedding_norm(h)
 
 
@@ -192,15 +195,16 @@ class LanguageModel(nn.Module):
     def embed(self, input_ids: mx.array) -> mx.array:
         return self.model.embed_tokens(input_ids)
 
-    def hidden(self, embeddings: mx.array, cache: list | None = None) -> mx.array:
-        """embeddings (B, L, D) → final hidden states (B, L, D), filling `cache`."""
-        return self.model(embeddings, cache)
+    def hidden(self, embeddings: mx.array, cache: list | None = None, mask: mx.array | None = None) -> mx.array:
+        """embeddings (B, L, D) → final hidden states (B, L, D), filling `cache`; `mask`
+        (attention layers' keys to see) defaults to causal."""
+        return self.model(embeddings, cache, mask)
 
     def head(self, h: mx.array) -> mx.array:
         if "lm_head" in self:
             return self.lm_head(h)
         return self.model.embed_tokens.as_linear(h)
 
-    def __call__(self, embeddings: mx.array, cache: list | None = None) -> mx.array:
+    def __call__(self, embeddings: mx.array, cache: list | None = None, mask: mx.array | None = None) -> mx.array:
         """embeddings (B, L, D) → logits (B, L, vocab)."""
-        return self.head(self.hidden(embeddings, cache))
+        return self.head(self.hidden(embeddings, cache, mask))

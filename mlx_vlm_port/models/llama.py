@@ -64,9 +64,9 @@ class Attention(nn.Module):
         return mx.fast.rope(x, self.head_dim, traditional=False, base=self.rope_theta, scale=self.rope_scale,
                             offset=offset)
 
-    def __call__(self, x: mx.array, cache: KVCache | None) -> mx.array:
+    def __call__(self, x: mx.array, cache: KVCache | None, mask: mx.array | None = None) -> mx.array:
         B, L, _ = x.shape
-        offset = cache.offset if cache is not None else 0
+        offset = cache.offset if cache is not None else 0  # a batch cache gives one offset per row
         # (B, L, heads·hd) -> (B, heads, L, hd)
         q = self.q_proj(x).reshape(B, L, self.n_heads, -1).transpose(0, 2, 1, 3)
         k = self.k_proj(x).reshape(B, L, self.n_kv, -1).transpose(0, 2, 1, 3)
@@ -74,7 +74,8 @@ class Attention(nn.Module):
         q, k = self.rope(q, offset), self.rope(k, offset)
         if cache is not None:
             k, v = cache.update_and_fetch(k, v)
-        o = mx.fast.scaled_dot_product_attention(q, k, v, scale=self.scale, mask=causal_mask(L, offset))
+        mask = causal_mask(L, offset) if mask is None else mask
+        o = mx.fast.scaled_dot_product_attention(q, k, v, scale=self.scale, mask=mask)
         return self.o_proj(o.transpose(0, 2, 1, 3).reshape(B, L, -1))
 
 
@@ -97,8 +98,8 @@ class DecoderLayer(nn.Module):
         self.input_layernorm = nn.RMSNorm(c.hidden_size, eps=c.rms_norm_eps)
         self.post_attention_layernorm = nn.RMSNorm(c.hidden_size, eps=c.rms_norm_eps)
 
-    def __call__(self, x: mx.array, cache: KVCache | None) -> mx.array:
-        x = x + self.self_attn(self.input_layernorm(x), cache)
+    def __call__(self, x: mx.array, cache: KVCache | None, mask: mx.array | None = None) -> mx.array:
+        x = x + self.self_attn(self.input_layernorm(x), cache, mask)
         return x + self.mlp(self.post_attention_layernorm(x))
 
 
@@ -118,11 +119,12 @@ class LanguageModel(nn.Module):
     def embed(self, input_ids: mx.array) -> mx.array:
         return self.embed_tokens(input_ids)
 
-    def hidden(self, embeddings: mx.array, cache: list | None = None) -> mx.array:
-        """embeddings (B, L, D) → final hidden states (B, L, D), filling `cache`."""
+    def hidden(self, embeddings: mx.array, cache: list | None = None, mask: mx.array | None = None) -> mx.array:
+        """embeddings (B, L, D) → final hidden states (B, L, D), filling `cache`; `mask`
+        (the keys each query sees) defaults to causal."""
         h = embeddings
         for i, layer in enumerate(self.layers):
-            h = layer(h, cache[i] if cache is not None else None)
+            h = layer(h, cache[i] if cache is not None else None, mask)
         return self.norm(h)
 
     def head(self, h: mx.array) -> mx.array:
@@ -130,6 +132,6 @@ class LanguageModel(nn.Module):
             return self.lm_head(h)
         return self.embed_tokens.as_linear(h)
 
-    def __call__(self, embeddings: mx.array, cache: list | None = None) -> mx.array:
+    def __call__(self, embeddings: mx.array, cache: list | None = None, mask: mx.array | None = None) -> mx.array:
         """embeddings (B, L, D) → logits (B, L, vocab)."""
-        return self.head(self.hidden(embeddings, cache))
+        return self.head(self.hidden(embeddings, cache, mask))
