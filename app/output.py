@@ -95,9 +95,7 @@ class Output:
         what to print of it (default: its caption)."""
         text = record["caption"] if text is None else text
         if source is not None and self.multi and not self.args.json:
-            self.header = ("
-" if self.printed else "") + f"==> {source.label} <==
-"
+            self.header = ("\n" if self.printed else "") + f"==> {source.label} <==\n"
         if self.args.json:
             self.write(json.dumps(record, ensure_ascii=False) + "\n")
         elif self.args.detect is not None:
