@@ -14,6 +14,23 @@ from mlx_vlm_port.options import SamplingOptions
 from tests.images import synthetic_image
 
 
+def answer_together(tiny_path, requests: list[Request]) -> list[str]:
+    """Queue every request before the worker's thread starts (so they wait together),
+    run them, and return the details of its "busy" states (the jobs of each batch)."""
+    busy: list[str] = []
+    worker = Worker(str(tiny_path), warmup=False, log=lambda line: None)
+    worker.add_listener(lambda state, detail: busy.append(detail) if state == "busy" else None)
+    worker.load(str(tiny_path))
+    for r in requests:
+        assert worker.submit(r)
+    worker.start()
+    try:
+        assert worker.wait_idle(300)
+    finally:
+        worker.stop()
+    return busy
+
+
 def test_waiting_jobs_are_batched_and_each_gets_its_own_caption(tiny_path):
     images = [synthetic_image(w, h, seed=i) for i, (w, h) in enumerate([(320, 240), (90, 300), (512, 512)])]
     greedy = SamplingOptions(temperature=0.0)
@@ -23,18 +40,8 @@ def test_waiting_jobs_are_batched_and_each_gets_its_own_caption(tiny_path):
             Job("Describe this image.", sampling=SamplingOptions(temperature=0.5, seed=1, max_tokens=4))]
     pictures = images + [images[0]]
     replies: list[list[dict]] = [[] for _ in jobs]
-    busy: list[str] = []
-    worker = Worker(str(tiny_path), warmup=False, log=lambda line: None)
-    worker.add_listener(lambda state, detail: busy.append(detail) if state == "busy" else None)
-    worker.load(str(tiny_path))
     requests = [Request(im, job, sink=replies[i].append) for i, (im, job) in enumerate(zip(pictures, jobs))]
-    for r in requests:  # all queued before the thread starts: they wait together
-        assert worker.submit(r)
-    worker.start()
-    try:
-        assert worker.wait_idle(300)
-    finally:
-        worker.stop()
+    busy = answer_together(tiny_path, requests)
     # the three greedy jobs in one batch (state "busy" names them); the sampled one alone
     assert busy[0] == ", ".join(str(r.id) for r in requests[:3])
     alone = Captioner(str(tiny_path)).load()
@@ -54,10 +61,6 @@ def test_a_batched_job_its_client_ends_finishes_as_stop_and_a_schema_job_runs_al
     greedy = SamplingOptions(temperature=0.0, max_tokens=8)
     jobs = [Job(sampling=greedy), Job(sampling=greedy), Job(sampling=greedy, json_schema={"type": "object"})]
     replies: list[list[dict]] = [[] for _ in jobs]
-    busy: list[str] = []
-    worker = Worker(str(tiny_path), warmup=False, log=lambda line: None)
-    worker.add_listener(lambda state, detail: busy.append(detail) if state == "busy" else None)
-    worker.load(str(tiny_path))
     requests = [Request(im, job) for im, job in zip(images, jobs)]
 
     def first_ends_after_two_pieces(message: dict) -> None:
@@ -67,13 +70,7 @@ def test_a_batched_job_its_client_ends_finishes_as_stop_and_a_schema_job_runs_al
 
     requests[0].sink = first_ends_after_two_pieces
     requests[1].sink, requests[2].sink = replies[1].append, replies[2].append
-    for r in requests:
-        assert worker.submit(r)
-    worker.start()
-    try:
-        assert worker.wait_idle(300)
-    finally:
-        worker.stop()
+    busy = answer_together(tiny_path, requests)
     assert busy[0] == f"{requests[0].id}, {requests[1].id}"  # the schema job was not taken into the batch
     pieces = [m["text"] for m in replies[0] if m["type"] == "piece"]
     assert len(pieces) == 2 and replies[0][-1]["type"] == "done"
