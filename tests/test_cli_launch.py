@@ -4,6 +4,7 @@ merging them into OUT in input order; a rerun resumes the parts."""
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -68,5 +69,6 @@ def test_a_rerun_resumes_the_part_a_dead_rank_left(folder, tiny_path, tmp_path):
 
 def test_under_mlx_launch_jsonl_is_required(folder, tiny_path):
     done = launch(folder, "--model", tiny_path, *FAST)
-    # (mlx.launch itself exits 0 here: each rank's exit code is in its warning line)
-    assert b"--jsonl OUT" in done.stderr and b"rank 0 exited with code 2" in done.stderr
+    # (mlx.launch itself exits 0 here: each rank's exit code is in its warning line; the rank
+    # that stops first gets 2, and the launcher may end the other before it does)
+    assert b"--jsonl OUT" in done.stderr and re.search(rb"rank [01] exited with code 2", done.stderr)
