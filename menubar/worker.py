@@ -215,17 +215,12 @@ class Worker:
                 request.image, request.job, lambda text: self._emit(request, {"type": "piece", "text": text}),
                 cancelled=lambda: request.cancelled.is_set() or self._stopping.is_set(),
                 enough=request.enough.is_set)
-            self._emit(request, {
-                "type": "done", "text": result.text, "model": self.model_id, "prompt_tokens": result.prompt_tokens,
-                "generation_tokens": result.generation_tokens, "finish_reason": result.finish_reason,
-                "seconds": round(result.seconds, 4)})
+            self._done(request, result.text, result.prompt_tokens, result.generation_tokens, result.finish_reason,
+                       result.seconds)
         except Failure as e:
             self._emit(request, {"type": "error", "code": e.code, "message": e.message})
         finally:
-            self._current = None
-            if self._pending == 0:
-                self._set_state("ready", self.model_id)
-                _clear_mlx_cache()  # idle: hand the generation's GPU buffers back to the system
+            self._ended()
 
     def _caption_batch(self, requests: list[Request]) -> None:
         """Jobs that waited together, decoded as one batch; each streams and finishes on its own."""
@@ -246,22 +241,16 @@ class Worker:
                     continue
                 if request.cancelled.is_set():  # its client went away
                     open_.discard(index)
-                elif request.enough.is_set():  # its client has what it needs (a stop string): finished
-                    open_.discard(index)
-                    self._emit(request, {
-                        "type": "done", "text": "".join(pieces[index]), "model": self.model_id,
-                        "prompt_tokens": response.prompt_tokens, "generation_tokens": response.generation_tokens,
-                        "finish_reason": "stop", "seconds": round(time.perf_counter() - tic, 4)})
                 else:
-                    if response.text:
+                    enough = request.enough.is_set()  # its client has what it needs (a stop string): finished
+                    if response.text and not enough:
                         pieces[index].append(response.text)
                         self._emit(request, {"type": "piece", "text": response.text})
-                    if response.finish_reason is not None:
+                    reason = "stop" if enough else response.finish_reason
+                    if reason is not None:
                         open_.discard(index)
-                        self._emit(request, {
-                            "type": "done", "text": "".join(pieces[index]), "model": self.model_id,
-                            "prompt_tokens": response.prompt_tokens, "generation_tokens": response.generation_tokens,
-                            "finish_reason": response.finish_reason, "seconds": round(time.perf_counter() - tic, 4)})
+                        self._done(request, "".join(pieces[index]), response.prompt_tokens,
+                                   response.generation_tokens, reason, time.perf_counter() - tic)
                 if not open_:
                     break
         except Exception as e:
@@ -270,10 +259,20 @@ class Worker:
                 self._emit(requests[index], {"type": "error", "code": failure.code, "message": failure.message})
         finally:
             rows.close()  # an abandoned generator releases its caches now
-            self._current = None
-            if self._pending == 0:
-                self._set_state("ready", self.model_id)
-                _clear_mlx_cache()
+            self._ended()
+
+    def _done(self, request: Request, text: str, prompt_tokens: int, generation_tokens: int,
+              finish_reason: str | None, seconds: float) -> None:
+        self._emit(request, {"type": "done", "text": text, "model": self.model_id, "prompt_tokens": prompt_tokens,
+                             "generation_tokens": generation_tokens, "finish_reason": finish_reason,
+                             "seconds": round(seconds, 4)})
+
+    def _ended(self) -> None:
+        """A job or a batch is over: when nothing waits, idle."""
+        self._current = None
+        if self._pending == 0:
+            self._set_state("ready", self.model_id)
+            _clear_mlx_cache()  # idle: hand the generation's GPU buffers back to the system
 
     def _emit(self, request: Request, message: dict) -> None:
         try:
