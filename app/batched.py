@@ -11,10 +11,10 @@ import time
 from captioning.captioner import Captioner
 from captioning.errors import Exit, Failure, classify
 from captioning.images import read_image
-from captioning.job import Job
+from captioning.job import Job, Result
 
 from .batch import JsonlLog, Progress, Source
-from .output import Output, say
+from .output import Output, record_of, say
 
 
 def caption_batched(captioner: Captioner, sources: list[Source], job: Job, batch_size: int | None,
@@ -61,11 +61,9 @@ def caption_batched(captioner: Captioner, sources: list[Source], job: Job, batch
             pieces.setdefault(position, []).append(response.text)
             if response.finish_reason is None:
                 continue
-            finished[position] = {
-                "path": sources[position].name, "caption": "".join(pieces.pop(position)).strip(),
-                "model": captioner.model_id, "prompt_tokens": response.prompt_tokens,
-                "generation_tokens": response.generation_tokens,
-                "seconds": round(time.perf_counter() - started[position], 3)}
+            finished[position] = record_of(sources[position], Result(
+                "".join(pieces.pop(position)), captioner.model_id, response.prompt_tokens,
+                response.generation_tokens, time.perf_counter() - started[position], response.finish_reason))
             flush()
         flush()
     except Failure:

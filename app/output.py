@@ -9,7 +9,7 @@ from typing import TextIO
 
 from captioning.engine import Engine
 from captioning.errors import Exit, Failure
-from captioning.job import Job
+from captioning.job import Job, Result
 
 from .batch import Progress, Source
 
@@ -19,6 +19,13 @@ def say(message: str, error: bool = True) -> None:
     line = " ".join(str(message).split())
     sys.stderr.write(f"caption: {'error: ' if error else ''}{line}\n")
     sys.stderr.flush()
+
+
+def record_of(source: Source, result: Result) -> dict:
+    """An image's JSON record (printed with --json, logged with --jsonl)."""
+    return {"path": source.name, "caption": result.text.strip(), "model": result.model,
+            "prompt_tokens": result.prompt_tokens, "generation_tokens": result.generation_tokens,
+            "seconds": round(result.seconds, 3)}
 
 
 class Output:
@@ -61,11 +68,15 @@ class Output:
     def copied_text(self) -> str:
         return "".join(self.printed)
 
+    def announce(self, source: Source) -> None:
+        """Several images, as text: the next one's output goes under its name."""
+        if self.multi and not self.args.json:
+            self.header = ("\n" if self.printed else "") + f"==> {source.label} <==\n"
+
     def caption(self, engine: Engine, source: Source, job: Job, finish=None) -> dict:
         """Caption one source and print it; returns the image's JSON record. `finish(source,
         text, record)`, when given, acts on the answer, may add to the record and returns what to print."""
-        if self.multi and not self.args.json:
-            self.header = ("\n" if self.printed else "") + f"==> {source.label} <==\n"
+        self.announce(source)
         self.started = False
         need_image = bool(self.args.draw)
         result = engine.run(source.label, job, self.piece, path=source.path, data=source.data,
@@ -75,9 +86,7 @@ class Output:
         if cut and self.args.detect is None and finish is None:  # (finish repairs a cut answer itself)
             raise Failure(Exit.FAILED, f"{source.label}: the answer was cut off at --max-tokens "
                                        f"{job.sampling.max_tokens} before its JSON was complete (raise --max-tokens)")
-        record = {"path": source.name, "caption": text, "model": result.model,
-                  "prompt_tokens": result.prompt_tokens, "generation_tokens": result.generation_tokens,
-                  "seconds": round(result.seconds, 3)}
+        record = record_of(source, result)
         if finish is not None:
             text = finish(source, text, record)
         if self.args.detect is not None:
@@ -94,8 +103,8 @@ class Output:
         """Print one finished record (whole; with `source`, after its header); `text` is
         what to print of it (default: its caption)."""
         text = record["caption"] if text is None else text
-        if source is not None and self.multi and not self.args.json:
-            self.header = ("\n" if self.printed else "") + f"==> {source.label} <==\n"
+        if source is not None:
+            self.announce(source)
         if self.args.json:
             self.write(json.dumps(record, ensure_ascii=False) + "\n")
         elif self.args.detect is not None:

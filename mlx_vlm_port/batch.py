@@ -31,7 +31,7 @@ from .batch_memory import auto_batch_size
 from .generate import Response, prefill
 from .options import ImageOptions, SamplingOptions
 from .processor import StreamingDetokenizer, image_inputs
-from .sample import apply_repetition_penalty, sample
+from .sample import apply_repetition_penalty, prompt_seen, sample
 
 
 @dataclass
@@ -60,11 +60,7 @@ class Batch:
 
     def start_row(self, input_ids: np.ndarray) -> tuple[mx.array | None, mx.array | None]:
         """A new row's sampling state: (seen (1, vocab) or None, PRNG key or None)."""
-        seen = None
-        if self.sampling.repetition_penalty != 1.0:
-            host = np.zeros((1, self.model.config.text_config.vocab_size), bool)
-            host[0, input_ids.ravel()] = True
-            seen = mx.array(host)
+        seen = prompt_seen(input_ids, self.model.config.text_config.vocab_size, self.sampling.repetition_penalty)
         seeded = self.sampling.seed is not None and self.sampling.temperature > 0
         return seen, mx.random.key(self.sampling.seed) if seeded else None
 

@@ -16,7 +16,7 @@ from .constrain import JsonConstraint
 from .options import ImageOptions, SamplingOptions
 from .processor import StreamingDetokenizer, image_inputs
 from .prompt_cache import PromptCache
-from .sample import apply_repetition_penalty, sample
+from .sample import apply_repetition_penalty, prompt_seen, sample
 
 
 @dataclass
@@ -92,11 +92,7 @@ def generate_tokens(model, inputs: dict[str, np.ndarray], sampling: SamplingOpti
     cache = lm.make_cache()
     embeds = embed_prompt(model, inputs, cache, prefill_step_size, prompt_cache)
     penalty = sampling.repetition_penalty
-    seen = None
-    if penalty != 1.0:
-        seen = np.zeros((1, model.config.text_config.vocab_size), bool)
-        seen[0, inputs["input_ids"].ravel()] = True
-        seen = mx.array(seen)
+    seen = prompt_seen(inputs["input_ids"], model.config.text_config.vocab_size, penalty)
 
     def choose(logits, allowed=None):
         nonlocal seen

@@ -4,6 +4,17 @@
 from __future__ import annotations
 
 import mlx.core as mx
+import numpy as np
+
+
+def prompt_seen(input_ids: np.ndarray, vocab_size: int, penalty: float) -> mx.array | None:
+    """(1, V) bool: the prompt's tokens, which the repetition penalty starts from; None
+    when there is no penalty."""
+    if penalty == 1.0:
+        return None
+    seen = np.zeros((1, vocab_size), bool)
+    seen[0, input_ids.ravel()] = True
+    return mx.array(seen)
 
 
 def apply_repetition_penalty(logits: mx.array, seen: mx.array | None, penalty: float) -> mx.array:

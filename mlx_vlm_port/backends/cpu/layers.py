@@ -97,7 +97,7 @@ def _dense_product(x: mx.array, layer) -> mx.array | None:
     if "_dense" not in layer:
         return None
     w = layer["_dense"]
-    y = _one_row(x, w) if _rows(x) == 1 else None
+    y = _one_row(x, w)
     return x @ w.T if y is None else y
 
 

@@ -13,6 +13,7 @@ import threading
 from functools import lru_cache
 
 import mlx.core as mx
+import numpy as np
 
 _local = threading.local()  # MLX streams belong to the thread that made them
 
@@ -45,8 +46,6 @@ def _numpy_blas_local_threads():
     import glob
     import os
 
-    import numpy as np
-
     for path in glob.glob(os.path.join(os.path.dirname(np.__path__[0]), "numpy.libs", "*openblas*")):
         try:
             fn = ctypes.CDLL(path).openblas_set_num_threads_local
@@ -71,19 +70,13 @@ def numpy_matvec(w, x, out) -> None:
     set_local = _numpy_blas_local_threads()
     n = w.shape[0]
     if set_local is None or n < 2:
-        np_matmul(w, x, out)
+        np.matmul(w, x, out=out)
         return
     h = n // 2
-    other = _helper().submit(np_matmul, w[h:], x, out[h:])
+    other = _helper().submit(np.matmul, w[h:], x, out=out[h:])
     previous = set_local(1)
     try:
-        np_matmul(w[:h], x, out[:h])
+        np.matmul(w[:h], x, out=out[:h])
     finally:
         set_local(previous)
         other.result()
-
-
-def np_matmul(w, x, out) -> None:
-    import numpy as np
-
-    np.matmul(w, x, out=out)
