@@ -91,19 +91,24 @@ def job_from_request(request: dict) -> Job:
     if schema is not None and not isinstance(schema, dict):
         raise Failure(Exit.USAGE, '"json_schema" must be a JSON Schema object (or null)')
     try:
-        return Job(prompt, system, _options(SamplingOptions, request), _options(ImageOptions, request),
-                   request.get("detail"), schema)
+        return Job(prompt, system, options_from(SamplingOptions, request, _usage),
+                   options_from(ImageOptions, request, _usage), request.get("detail"), schema)
     except ValueError as e:  # the detail preset's name (Job checks it)
         raise Failure(Exit.USAGE, f'"detail": {e}') from None
 
 
-def _options(cls, request: dict):
-    """The request's fields of options class `cls` (null: the default), each checked."""
+def options_from(cls, fields: dict, error):
+    """The options of class `cls` given in `fields` (null: the default), each checked;
+    a bad one raises error(name, why)."""
     values = {}
     for name, spec in specs(cls).items():
-        if request.get(name) is not None:
+        if fields.get(name) is not None:
             try:
-                values[name] = spec.check(request[name])
+                values[name] = spec.check(fields[name])
             except ValueError as e:
-                raise Failure(Exit.USAGE, f'"{name}": {e}') from None
+                raise error(name, str(e)) from None
     return cls(**values)
+
+
+def _usage(name: str, why: str) -> Failure:
+    return Failure(Exit.USAGE, f'"{name}": {why}')

@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from captioning.errors import Exit, Failure
 from captioning.images import read_image
 from captioning.job import DEFAULT_PROMPT, Job
+from captioning.protocol import options_from
 from menubar.jobs import Request
 from mlx_vlm_port.options import SamplingOptions, specs
 
@@ -134,17 +135,11 @@ def _flag(data: dict, name: str, param: str | None = None) -> bool:
 
 
 def _sampling(data: dict) -> SamplingOptions:
-    values = {}
     if data.get("max_tokens") is not None and data.get("max_completion_tokens") is not None:
         raise bad("give max_tokens or max_completion_tokens, not both", "max_completion_tokens")
-    for name, spec in specs(SamplingOptions).items():
-        given = data.get("max_completion_tokens") if name == "max_tokens" and data.get(name) is None else data.get(name)
-        if given is not None:
-            try:
-                values[name] = spec.check(given)
-            except ValueError as e:
-                raise bad(f'"{name}": {e}', name) from None
-    return SamplingOptions(**values)
+    if data.get("max_tokens") is None:
+        data = {**data, "max_tokens": data.get("max_completion_tokens")}
+    return options_from(SamplingOptions, data, lambda name, why: bad(f'"{name}": {why}', name))
 
 
 def _stops(data: dict) -> tuple[str, ...]:
