@@ -64,8 +64,10 @@ class Captioner:
         together: yields (index, generate.Response) as rows advance."""
         from mlx_vlm_port import stream_batch_generate
 
-        self.load()
         jobs = [job] if isinstance(job, Job) else list(job)
+        if any(j.json_schema is not None for j in jobs):  # a batch does not hold answers to a schema
+            raise ValueError("jobs with a json_schema are answered one at a time (Captioner.run), not in a batch")
+        self.load()
         prompts = [self.prompt(j.prompt, j.system) for j in jobs]
         yield from stream_batch_generate(
             self.model, self.processor, prompts[0] if isinstance(job, Job) else prompts, images,

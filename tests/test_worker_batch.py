@@ -6,6 +6,8 @@ from __future__ import annotations
 import dataclasses
 import json
 
+import pytest
+
 from captioning.captioner import Captioner
 from captioning.job import Job
 from menubar.jobs import Request
@@ -80,3 +82,10 @@ def test_a_batched_job_its_client_ends_finishes_as_stop_and_a_schema_job_runs_al
         assert got[-1]["type"] == "done" and got[-1]["text"] == alone.run(image, job, lambda piece: None).text
     if replies[2][-1]["finish_reason"] == "stop":  # held to its schema even though it came with a batch
         assert isinstance(json.loads(replies[2][-1]["text"]), dict)
+
+
+def test_a_batch_refuses_jobs_held_to_a_schema(tiny_path):
+    """Captioner.stream_batch has no grammar: a job with a json_schema is refused, not answered unheld."""
+    job = Job(sampling=SamplingOptions(temperature=0.0, max_tokens=2), json_schema={"type": "object"})
+    with pytest.raises(ValueError, match="one at a time"):
+        next(Captioner(str(tiny_path)).stream_batch([synthetic_image(64, 64, seed=0)], job))
