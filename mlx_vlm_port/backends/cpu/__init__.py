@@ -1,6 +1,7 @@
 """The CPU backend: numpy softmax/GELU/SiLU, one-row products split over both
 cores, quantized prompts through the dense matmul, float32 copies of quantized
-language-model weights (layers.py), and the buffer cache policy. `load()` calls
+language-model weights (layers.py), LFM2's decoding step in numpy (decode.py),
+and the buffer cache policy. `load()` calls
 `use_cpu_backend` when MLX runs on the CPU.
 """
 

@@ -6,7 +6,8 @@ with the same parameters and names, swapped in by `use_cpu_backend`.
   called on zero-copy views of the same buffers, runs sgemv on both cores near
   the read bandwidth. Every float32 one-row product goes there (a float32 450M
   decode step: 217 -> 114 ms with OpenBLAS; leaving the small layers to MLX made
-  it slower, 356 ms, with two BLAS thread pools taking turns).
+  it slower, 356 ms, with two BLAS thread pools taking turns). An LFM2 model's
+  whole one-row step runs in numpy (decode.py), keeping only its head here.
 - One row, other dtypes, and MLX's CPU quantized kernel (single-threaded too):
   the layer splits its output rows over two CPU streams, one per core. The two
   streams' handover costs ~60 µs, more than it saves below ~2M float weights
@@ -32,6 +33,7 @@ import mlx.nn as nn
 import numpy as np
 
 from ...models import idefics3, lfm2, lfm2_vl, llama, siglip2
+from .decode import Lfm2LanguageModel
 from .numpy_ops import attention, gelu_tanh, silu_mul
 from .streams import numpy_matvec, split_apply
 
@@ -182,4 +184,4 @@ class Idefics3Model(idefics3.Model):
 # each swapped class → its CPU subclass (same parameters, other __call__)
 SWAPS = {nn.Linear: Linear, nn.Embedding: Embedding, nn.QuantizedLinear: QuantizedLinear,
          nn.QuantizedEmbedding: QuantizedEmbedding, siglip2.Attention: VisionAttention, siglip2.MLP: VisionMLP,
-         lfm2.MLP: Lfm2MLP, llama.MLP: LlamaMLP, lfm2_vl.Model: Lfm2VlModel, idefics3.Model: Idefics3Model}
+         lfm2.MLP: Lfm2MLP, lfm2.LanguageModel: Lfm2LanguageModel, llama.MLP: LlamaMLP, lfm2_vl.Model: Lfm2VlModel, idefics3.Model: Idefics3Model}

@@ -67,16 +67,26 @@ def _helper():
 def numpy_matvec(w, x, out) -> None:
     """out (n,) = w (n, k) @ x (k,), float32 numpy arrays, in two halves of w's rows
     on the calling thread and a helper thread, one BLAS thread each."""
+    numpy_matvecs((w,), x, (out,))
+
+
+def numpy_matvecs(ws, x, outs) -> None:
+    """outs[i] = ws[i] @ x for weights sharing the input (q/k/v, the gate and up
+    projections), with one handover to the helper thread for all of them (~90 µs)."""
     set_local = _numpy_blas_local_threads()
-    n = w.shape[0]
-    if set_local is None or n < 2:
-        np.matmul(w, x, out=out)
+    if set_local is None or min(w.shape[0] for w in ws) < 2:
+        _products(ws, x, outs)
         return
-    h = n // 2
-    other = _helper().submit(np.matmul, w[h:], x, out=out[h:])
+    halves = [w.shape[0] // 2 for w in ws]
+    other = _helper().submit(_products, [w[h:] for w, h in zip(ws, halves)], x, [o[h:] for o, h in zip(outs, halves)])
     previous = set_local(1)
     try:
-        np.matmul(w[:h], x, out=out[:h])
+        _products([w[:h] for w, h in zip(ws, halves)], x, [o[:h] for o, h in zip(outs, halves)])
     finally:
         set_local(previous)
         other.result()
+
+
+def _products(ws, x, outs) -> None:
+    for w, out in zip(ws, outs):
+        np.matmul(w, x, out=out)

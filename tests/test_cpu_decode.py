@@ -1,0 +1,100 @@
+"""The CPU backend's numpy decoding step (backends/cpu/decode.py) against MLX's own
+layers: the same logits token after token, the caches left as MLX leaves them,
+and MLX's path wherever the step does not apply."""
+
+import mlx.core as mx
+import numpy as np
+import pytest
+
+from mlx_vlm_port.backends.cpu import decode
+from mlx_vlm_port.load import load_model
+from mlx_vlm_port.models.cache import KVCache
+from tests.tiny_checkpoint import make_tiny_checkpoint
+
+
+@pytest.fixture
+def steps_taken(monkeypatch) -> list:
+    """Each numpy step's result (None where it declined)."""
+    taken, step = [], decode.step
+
+    def counted(*args):
+        taken.append(step(*args))
+        return taken[-1]
+
+    monkeypatch.setattr(decode, "step", counted)
+    return taken
+
+
+def decoded(model, prompt: int, steps: int, cache=None) -> np.ndarray:
+    """Logits (steps + 1, vocab): the last prompt position's, then each step's on a
+    fixed token sequence (no sampling, so both sides read the same tokens)."""
+    lm = model.language_model
+    cache = lm.make_cache() if cache is None else cache
+    ids = mx.array([[1] + [(13 * i) % 90 + 5 for i in range(prompt - 1)]])
+    out = [lm(lm.embed(ids), cache)[0, -1]]
+    for i in range(steps):
+        out.append(lm(lm.embed(mx.array([[(7 * i) % 90 + 5]])), cache)[0, -1])
+    return np.stack([np.asarray(o) for o in out])
+
+
+def assert_close(got: np.ndarray, want: np.ndarray) -> None:
+    err = np.abs(got - want).max(axis=-1) / np.abs(want).max(axis=-1)
+    assert err.max() < 1e-4, f"max relative error {err.max():.2e} at step {err.argmax()}"
+    assert (got.argmax(-1) == want.argmax(-1)).all()
+
+
+@pytest.mark.parametrize("bits", [None, 4, 8])
+def test_numpy_steps_give_mlx_logits(tiny_path, bits, steps_taken):
+    """float32 weights, and quantized ones through their float copies: every step
+    past a 250-token prompt (the KV cache grows at 256) matches MLX's layers."""
+    want = decoded(load_model(tiny_path, bits=bits, group_size=32, cpu_backend=False), 250, 20)
+    got = decoded(load_model(tiny_path, bits=bits, group_size=32, cpu_backend=True, low_memory=False), 250, 20)
+    assert len(steps_taken) == 20 and all(h is not None for h in steps_taken)
+    assert_close(got, want)
+
+
+def test_conv_bias_and_untied_head(tmp_path, steps_taken):
+    path = make_tiny_checkpoint(tmp_path / "biased", seed=3, tie=False, text_overrides={"conv_bias": True})
+    want = decoded(load_model(path, cpu_backend=False), 9, 12)
+    got = decoded(load_model(path, cpu_backend=True), 9, 12)
+    assert all(h is not None for h in steps_taken) and len(steps_taken) == 12
+    assert_close(got, want)
+
+
+def test_packed_weights_keep_mlx_path(tiny_path, steps_taken):
+    """low_memory: quantized layers without float copies: the step declines before
+    touching the caches, and MLX's layers give the same logits as without the backend."""
+    want = decoded(load_model(tiny_path, bits=4, group_size=32, cpu_backend=False), 30, 6)
+    got = decoded(load_model(tiny_path, bits=4, group_size=32, cpu_backend=True, low_memory=True), 30, 6)
+    assert steps_taken == [None] * 6
+    assert_close(got, want)
+
+
+def test_a_one_token_prompt_starts_empty_caches(tiny_path, steps_taken):
+    want = decoded(load_model(tiny_path, cpu_backend=False), 1, 5)
+    got = decoded(load_model(tiny_path, cpu_backend=True), 1, 5)
+    assert len(steps_taken) == 6 and all(h is not None for h in steps_taken)
+    assert_close(got, want)
+
+
+def test_snapshots_survive_in_place_steps(tiny_path, steps_taken):
+    """The step writes keys and values into the cache's buffers in place; a snapshot
+    taken before (a prompt cache entry: views of those buffers) still holds what it
+    held, and restoring it replays the same logits."""
+    model = load_model(tiny_path, cpu_backend=True)
+    lm = model.language_model
+    cache = lm.make_cache()
+    decoded(model, 40, 0, cache)
+    snapshots = [c.snapshot() for c in cache]
+    mx.eval(snapshots)
+    before = [[np.array(a) for a in s if isinstance(a, mx.array)] for s in snapshots]
+    buffers = [c.keys for c in cache if isinstance(c, KVCache)]
+    first = decoded(model, 1, 8, cache)[1:]
+    assert all(c.keys is k for c, k in zip([c for c in cache if isinstance(c, KVCache)], buffers))  # in place
+    for s, held in zip(snapshots, before):
+        for a, b in zip([a for a in s if isinstance(a, mx.array)], held):
+            np.testing.assert_array_equal(np.asarray(a), b)
+    replay = lm.make_cache()
+    for c, s in zip(replay, snapshots):
+        c.restore(s)
+    np.testing.assert_allclose(decoded(model, 1, 8, replay)[1:], first, rtol=1e-5, atol=1e-6)
