@@ -24,46 +24,41 @@ from ...models.cache import KVCache
 from .streams import numpy_matvecs
 
 
-class _Views:
-    """numpy views of a model's arrays, made once per array (np.asarray costs ~5 µs)."""
-
-    def __init__(self):
-        self.memo = {}
-
-    def __call__(self, module: nn.Module, name: str) -> np.ndarray | None:
-        if name not in module:
-            return None
-        a = module[name]
-        hit = self.memo.get((id(module), name))
-        if hit is None or hit[0] is not a:  # new weights (load_weights, quantize): a new view
-            hit = self.memo[id(module), name] = (a, np.asarray(a) if a.dtype == mx.float32 else None)
-        return hit[1]
+def _view(module: nn.Module, name: str) -> np.ndarray | None:
+    """A numpy view of module[name] if it is float32, else None; kept on the module
+    (np.asarray costs ~5 µs) until the module holds another array under that name."""
+    if name not in module:
+        return None
+    a = module[name]
+    views = module.__dict__.setdefault("_numpy_views", {})  # an attribute, not a parameter
+    if name not in views or views[name][0] is not a:
+        views[name] = (a, np.asarray(a) if a.dtype == mx.float32 else None)
+    return views[name][1]
 
 
-def _linear(views: _Views, m: nn.Module) -> tuple | None:
+def _linear(m: nn.Module) -> tuple | None:
     """(weight (out, in), bias or None) of a Linear, float32; None if it has none."""
-    w = views(m, "_dense" if isinstance(m, nn.QuantizedLinear) else "weight")
-    return None if w is None else (w, views(m, "bias"))
+    w = _view(m, "_dense" if isinstance(m, nn.QuantizedLinear) else "weight")
+    return None if w is None else (w, _view(m, "bias"))
 
 
 def _plan(lm: lfm2.LanguageModel) -> list | None:
     """The final norm's weight, then per layer its norms' weights and its linear layers'
     (weight, bias); None where some array is not float32."""
-    views = lm.__dict__.setdefault("_views", _Views())
     m = lm.model
-    plan = [views(m.embedding_norm, "weight")]
+    plan = [_view(m.embedding_norm, "weight")]
     for layer in m.layers:
-        mix = layer.self_attn if layer.is_attention else layer.conv
+        mix, mlp = (layer.self_attn if layer.is_attention else layer.conv), layer.feed_forward
         if layer.is_attention:
-            parts = dict(qkv=[_linear(views, p) for p in (mix.q_proj, mix.k_proj, mix.v_proj)],
-                         q_norm=views(mix.q_layernorm, "weight"), k_norm=views(mix.k_layernorm, "weight"))
+            parts = dict(qkv=[_linear(p) for p in (mix.q_proj, mix.k_proj, mix.v_proj)],
+                         q_norm=_view(mix.q_layernorm, "weight"), k_norm=_view(mix.k_layernorm, "weight"))
         else:
-            conv = views(mix.conv, "weight")
-            parts = dict(in_proj=_linear(views, mix.in_proj), conv=None if conv is None else conv[:, :, 0],
-                         conv_bias=views(mix.conv, "bias"))
-        parts.update(norm=views(layer.operator_norm, "weight"), out=_linear(views, mix.out_proj),
-                     ffn_norm=views(layer.ffn_norm, "weight"), down=_linear(views, layer.feed_forward.w2),
-                     gate_up=[_linear(views, layer.feed_forward.w1), _linear(views, layer.feed_forward.w3)])
+            conv = _view(mix.conv, "weight")
+            parts = dict(in_proj=_linear(mix.in_proj), conv=None if conv is None else conv[:, :, 0],
+                         conv_bias=_view(mix.conv, "bias"))
+        parts.update(norm=_view(layer.operator_norm, "weight"), out=_linear(mix.out_proj),
+                     ffn_norm=_view(layer.ffn_norm, "weight"), down=_linear(mlp.w2),
+                     gate_up=[_linear(mlp.w1), _linear(mlp.w3)])
         needed = [v for k, v in parts.items() if k != "conv_bias"] + parts["gate_up"] + parts.get("qkv", [])
         if any(v is None for v in needed):
             return None
