@@ -98,3 +98,17 @@ def test_snapshots_survive_in_place_steps(tiny_path, steps_taken):
     for c, s in zip(replay, snapshots):
         c.restore(s)
     np.testing.assert_allclose(decoded(model, 1, 8, replay)[1:], first, rtol=1e-5, atol=1e-6)
+
+
+def test_a_replaced_weight_is_read(tiny_path, steps_taken):
+    """Views are kept between steps; a weight replaced after a step (load_weights,
+    update) is the one the next steps read, as MLX's layers do."""
+    models = [load_model(tiny_path, cpu_backend=on) for on in (False, True)]
+    before = decoded(models[1], 5, 2)
+    for m in models:
+        mlp = m.language_model.model.layers[0].feed_forward
+        mlp.w1.weight = mlp.w1.weight * 3
+    want, got = (decoded(m, 5, 2) for m in models)
+    assert np.abs(got - before).max() > 1e-3
+    assert len(steps_taken) == 4 and all(h is not None for h in steps_taken)
+    assert_close(got, want)
