@@ -53,6 +53,17 @@ def test_numpy_steps_give_mlx_logits(tiny_path, bits, steps_taken):
     assert_close(got, want)
 
 
+def test_kv_heads_split_over_both_threads(tiny_path, steps_taken, monkeypatch):
+    """Past ATTEND_SPLIT_FROM cached positions each thread attends with half the kv heads."""
+    monkeypatch.setattr(decode, "ATTEND_SPLIT_FROM", 1)
+    lm = load_model(tiny_path, cpu_backend=False).language_model
+    assert lm.model.layers[[l.is_attention for l in lm.model.layers].index(True)].self_attn.n_kv >= 2
+    want = decoded(load_model(tiny_path, cpu_backend=False), 40, 10)
+    got = decoded(load_model(tiny_path, cpu_backend=True), 40, 10)
+    assert len(steps_taken) == 10 and all(h is not None for h in steps_taken)
+    assert_close(got, want)
+
+
 def test_conv_bias_and_untied_head(tmp_path, steps_taken):
     path = make_tiny_checkpoint(tmp_path / "biased", seed=3, tie=False, text_overrides={"conv_bias": True})
     want = decoded(load_model(path, cpu_backend=False), 9, 12)

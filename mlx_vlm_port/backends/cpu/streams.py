@@ -73,15 +73,26 @@ def numpy_matvec(w, x, out) -> None:
 def numpy_matvecs(ws, x, outs) -> None:
     """outs[i] = ws[i] @ x for weights sharing the input (q/k/v, the gate and up
     projections), with one handover to the helper thread for all of them (~90 µs)."""
-    set_local = _numpy_blas_local_threads()
-    if set_local is None or min(w.shape[0] for w in ws) < 2:
+    if min(w.shape[0] for w in ws) < 2:
         _products(ws, x, outs)
         return
     halves = [w.shape[0] // 2 for w in ws]
-    other = _helper().submit(_products, [w[h:] for w, h in zip(ws, halves)], x, [o[h:] for o, h in zip(outs, halves)])
+    on_both(_products, ([w[:h] for w, h in zip(ws, halves)], x, [o[:h] for o, h in zip(outs, halves)]),
+            ([w[h:] for w, h in zip(ws, halves)], x, [o[h:] for o, h in zip(outs, halves)]))
+
+
+def on_both(fn, first: tuple, second: tuple) -> None:
+    """fn(*first) on the calling thread while the helper thread runs fn(*second),
+    one BLAS thread each (both on the caller where numpy's BLAS can't be told so)."""
+    set_local = _numpy_blas_local_threads()
+    if set_local is None:
+        fn(*first)
+        fn(*second)
+        return
+    other = _helper().submit(fn, *second)
     previous = set_local(1)
     try:
-        _products([w[:h] for w, h in zip(ws, halves)], x, [o[:h] for o, h in zip(outs, halves)])
+        fn(*first)
     finally:
         set_local(previous)
         other.result()
