@@ -184,4 +184,5 @@ class Idefics3Model(idefics3.Model):
 # each swapped class → its CPU subclass (same parameters, other __call__)
 SWAPS = {nn.Linear: Linear, nn.Embedding: Embedding, nn.QuantizedLinear: QuantizedLinear,
          nn.QuantizedEmbedding: QuantizedEmbedding, siglip2.Attention: VisionAttention, siglip2.MLP: VisionMLP,
-         lfm2.MLP: Lfm2MLP, lfm2.LanguageModel: Lfm2LanguageModel, llama.MLP: LlamaMLP, lfm2_vl.Model: Lfm2VlModel, idefics3.Model: Idefics3Model}
+         lfm2.MLP: Lfm2MLP, lfm2.LanguageModel: Lfm2LanguageModel, llama.MLP: LlamaMLP,
+         lfm2_vl.Model: Lfm2VlModel, idefics3.Model: Idefics3Model}
