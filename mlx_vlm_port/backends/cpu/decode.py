@@ -47,21 +47,22 @@ def _linear(m: nn.Module) -> tuple | None:
 
 def _plan(lm: lfm2.LanguageModel) -> list | None:
     """The final norm's weight, then per layer its norms' weights and its linear layers'
-    (weight, bias); None where some array is not float32."""
-    m = lm.model
-    plan = [_view(m.embedding_norm, "weight")]
-    for layer in m.layers:
-        mix, mlp = (layer.self_attn if layer.is_attention else layer.conv), layer.feed_forward
+    (weight, bias); None where some array is not float32. (Modules are read as items:
+    an nn.Module attribute lookup costs ~2.6 µs, an item ~0.2.)"""
+    m = lm["model"]
+    plan = [_view(m["embedding_norm"], "weight")]
+    for layer in m["layers"]:
+        mix, mlp = layer["self_attn" if layer.is_attention else "conv"], layer["feed_forward"]
         if layer.is_attention:
-            parts = dict(qkv=[_linear(p) for p in (mix.q_proj, mix.k_proj, mix.v_proj)],
-                         q_norm=_view(mix.q_layernorm, "weight"), k_norm=_view(mix.k_layernorm, "weight"))
+            parts = dict(qkv=[_linear(mix[p]) for p in ("q_proj", "k_proj", "v_proj")],
+                         q_norm=_view(mix["q_layernorm"], "weight"), k_norm=_view(mix["k_layernorm"], "weight"))
         else:
-            conv = _view(mix.conv, "weight")
-            parts = dict(in_proj=_linear(mix.in_proj), conv=None if conv is None else conv[:, :, 0],
-                         conv_bias=_view(mix.conv, "bias"))
-        parts.update(norm=_view(layer.operator_norm, "weight"), out=_linear(mix.out_proj),
-                     ffn_norm=_view(layer.ffn_norm, "weight"), down=_linear(mlp.w2),
-                     gate_up=[_linear(mlp.w1), _linear(mlp.w3)])
+            conv = _view(mix["conv"], "weight")
+            parts = dict(in_proj=_linear(mix["in_proj"]), conv=None if conv is None else conv[:, :, 0],
+                         conv_bias=_view(mix["conv"], "bias"))
+        parts.update(norm=_view(layer["operator_norm"], "weight"), out=_linear(mix["out_proj"]),
+                     ffn_norm=_view(layer["ffn_norm"], "weight"), down=_linear(mlp["w2"]),
+                     gate_up=[_linear(mlp["w1"]), _linear(mlp["w3"])])
         needed = [v for k, v in parts.items() if k != "conv_bias"] + parts["gate_up"] + parts.get("qkv", [])
         if any(v is None for v in needed):
             return None
