@@ -21,6 +21,7 @@ import numpy as np
 
 from ...models import lfm2
 from ...models.cache import KVCache
+from .numpy_ops import silu_mul_rows, softmax_rows
 from .streams import numpy_matvecs, on_both
 
 ATTEND_SPLIT_FROM = 1024  # cached positions from which the kv heads are split over the two threads
@@ -86,11 +87,6 @@ def _rms(x: np.ndarray, weight: np.ndarray, eps: float) -> np.ndarray:
     return x * (1 / np.sqrt(ms + np.float32(eps))) * weight
 
 
-def _silu_mul(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    with np.errstate(over="ignore"):  # exp(-a) may overflow to inf: sigmoid is then 0
-        return a / (1 + np.exp(-a)) * b
-
-
 @lru_cache(maxsize=8)
 def _inverse_frequencies(half: int, theta: float) -> np.ndarray:
     return (1.0 / theta ** (np.arange(0, 2 * half, 2) / (2 * half))).astype(np.float32)
@@ -143,9 +139,7 @@ def _attention(attn: lfm2.Attention, p: dict, x: np.ndarray, cache: KVCache, eps
 def _attend(q: np.ndarray, keys: np.ndarray, values: np.ndarray, out: np.ndarray) -> None:
     """out = softmax(q · keysᵀ) · values per kv head: q (kv, group, hd), keys/values (kv, offset, hd)."""
     scores = q @ keys.transpose(0, 2, 1)  # (kv, group, offset)
-    scores -= scores.max(axis=-1, keepdims=True)
-    np.exp(scores, out=scores)
-    scores /= scores.sum(axis=-1, keepdims=True)
+    softmax_rows(scores)
     np.matmul(scores, values, out=out)
 
 
@@ -174,7 +168,8 @@ def step(lm: lfm2.LanguageModel, embedding: np.ndarray, cache: list) -> np.ndarr
         x = _rms(h, p["norm"], eps)
         h = h + (_attention(layer.self_attn, p, x, c, eps) if layer.is_attention else _conv(layer.conv, p, x, c))
         gate, up = _products(p["gate_up"], _rms(h, p["ffn_norm"], eps))
-        h = h + _products([p["down"]], _silu_mul(gate, up))[0]
+        silu_mul_rows(gate, up)  # in place: gate is this step's own
+        h = h + _products([p["down"]], gate)[0]
     return _rms(h, plan[0], eps)
 
 

@@ -53,7 +53,7 @@ def _in_place(x: mx.array, fn, *others: mx.array) -> mx.array:
     return x
 
 
-def _softmax_rows(a: np.ndarray) -> None:
+def softmax_rows(a: np.ndarray) -> None:
     np.subtract(a, a.max(axis=-1, keepdims=True), out=a)
     np.exp(a, out=a)
     np.divide(a, a.sum(axis=-1, keepdims=True), out=a)
@@ -72,7 +72,7 @@ def _gelu_tanh_rows(x: np.ndarray) -> None:
     np.multiply(x, t, out=x)
 
 
-def _silu_mul_rows(a: np.ndarray, b: np.ndarray) -> None:
+def silu_mul_rows(a: np.ndarray, b: np.ndarray) -> None:
     """a·sigmoid(a)·b, as nn.silu(a) * b (exp(-a) may overflow to inf: sigmoid is then 0)."""
     with np.errstate(over="ignore"):
         t = np.negative(a)
@@ -89,7 +89,7 @@ def attention(q: mx.array, k: mx.array, v: mx.array, scale: float) -> mx.array:
         return split_apply(lambda q, k, v: mx.fast.scaled_dot_product_attention(q, k, v, scale=scale),
                            (q, k, v), axis=1)  # heads
     scores = (q * scale) @ k.swapaxes(-1, -2)
-    return _in_place(scores, _softmax_rows) @ v
+    return _in_place(scores, softmax_rows) @ v
 
 
 def gelu_tanh(x: mx.array) -> mx.array:
@@ -104,4 +104,4 @@ def silu_mul(a: mx.array, b: mx.array) -> mx.array:
     """silu(a)·b (the gated MLPs). a's buffer may be overwritten, as in gelu_tanh."""
     if not _use_numpy(a):
         return split_apply(lambda a, b: nn.silu(a) * b, (a, b), axis=-2)  # by rows
-    return _in_place(a, _silu_mul_rows, b)
+    return _in_place(a, silu_mul_rows, b)
