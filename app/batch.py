@@ -80,6 +80,19 @@ def expand(args: list[str]) -> list[Source]:
     return out
 
 
+def _records(raw: bytes) -> dict[str, dict]:
+    """path → record of each whole JSON line with a string "path" (torn or foreign lines skipped)."""
+    records = {}
+    for line in raw.splitlines():
+        try:
+            record = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(record, dict) and isinstance(record.get("path"), str):
+            records[record["path"]] = record
+    return records
+
+
 class JsonlLog:
     """Append-only results file that survives a crash: one JSON object per line,
     each flushed and fsynced before the next image starts. A line cut short by a
@@ -87,29 +100,18 @@ class JsonlLog:
 
     def __init__(self, path: str | os.PathLike):
         self.path = Path(path)
-        self.done = self.read_done(self.path)
-        needs_newline = False
-        if self.path.exists():
-            raw = self.path.read_bytes()
-            needs_newline = bool(raw) and not raw.endswith(b"\n")
+        raw = self.path.read_bytes() if self.path.exists() else b""
+        self.done = set(_records(raw))
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self.file = open(self.path, "a", encoding="utf-8")
-        if needs_newline:  # start after the torn line, never glued to it
+        if raw and not raw.endswith(b"\n"):  # start after the torn line, never glued to it
             self.file.write("\n")
 
     @staticmethod
-    def read_done(path: str | os.PathLike) -> set[str]:
-        """The paths a log already holds (none if it does not exist), without opening it for writing."""
-        done: set[str] = set()
-        if os.path.exists(path):
-            for line in Path(path).read_bytes().splitlines():
-                try:
-                    record = json.loads(line)
-                except ValueError:
-                    continue
-                if isinstance(record, dict) and isinstance(record.get("path"), str):
-                    done.add(record["path"])
-        return done
+    def records(path: str | os.PathLike) -> dict[str, dict]:
+        """The records a log holds by path (none if it does not exist; a later line for a
+        path wins), without opening it for writing."""
+        return _records(Path(path).read_bytes()) if os.path.exists(path) else {}
 
     def __contains__(self, source: Source) -> bool:
         return source.path is not None and source.key in self.done

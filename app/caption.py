@@ -252,7 +252,7 @@ def run(args: argparse.Namespace) -> int:
     if ranks is not None:
         if not args.jsonl:
             raise UsageError("under mlx.launch, give --jsonl OUT (each rank writes a part, rank 0 merges them)")
-        merged = JsonlLog.read_done(args.jsonl)
+        merged = JsonlLog.records(args.jsonl)
         sources = [s for s in distributed.share(sources, ranks.rank(), ranks.size()) if s.key not in merged]
     jsonl = distributed.part_path(args.jsonl, ranks.rank(), ranks.size()) if ranks is not None else args.jsonl
     try:

@@ -7,7 +7,6 @@ every part and merges at its end."""
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 
@@ -46,16 +45,8 @@ def finish(g, out: str | os.PathLike, sources: list[Source], worst: int) -> int:
 def merge(out: str | os.PathLike, parts: list[Path], sources: list[Source]) -> None:
     """Append the parts' records that `out` lacks, in the order of `sources`, then remove the parts."""
     records = {}
-    for part in parts:
-        if not part.exists():
-            continue
-        for line in part.read_bytes().splitlines():
-            try:
-                record = json.loads(line)
-            except ValueError:
-                continue  # a line torn by a crash: that image was redone
-            if isinstance(record, dict) and isinstance(record.get("path"), str):
-                records[record["path"]] = record
+    for part in parts:  # a line torn by a crash is skipped: that image was redone
+        records.update(JsonlLog.records(part))
     log = JsonlLog(out)
     try:
         for source in sources:
