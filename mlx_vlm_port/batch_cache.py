@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import mlx.core as mx
 
-from .models.cache import KVCache
+from .models.cache import KVCache, with_room
 
 
 def _left_pad(x: mx.array, n: int) -> mx.array:
@@ -39,11 +39,7 @@ class BatchKVCache:
 
     def update_and_fetch(self, k: mx.array, v: mx.array) -> tuple[mx.array, mx.array]:
         n = k.shape[2]
-        if self.end + n > self.keys.shape[2]:
-            grow = ((n + self.step - 1) // self.step) * self.step
-            zeros = mx.zeros((*self.keys.shape[:2], grow, self.keys.shape[3]), self.keys.dtype)
-            self.keys = mx.concatenate([self.keys[..., : self.end, :], zeros], axis=2)
-            self.values = mx.concatenate([self.values[..., : self.end, :], zeros.astype(self.values.dtype)], axis=2)
+        self.keys, self.values = with_room(self.keys, self.values, self.end, k, v, self.step)
         self.keys[..., self.end: self.end + n, :] = k
         self.values[..., self.end: self.end + n, :] = v
         self.end += n

@@ -17,15 +17,7 @@ class KVCache:
 
     def update_and_fetch(self, k: mx.array, v: mx.array) -> tuple[mx.array, mx.array]:
         n = k.shape[2]
-        if self.keys is None or self.offset + n > self.keys.shape[2]:
-            grow = ((n + self.step - 1) // self.step) * self.step
-            new_k = mx.zeros((*k.shape[:2], grow, k.shape[3]), k.dtype)
-            new_v = mx.zeros((*v.shape[:2], grow, v.shape[3]), v.dtype)
-            if self.keys is None:
-                self.keys, self.values = new_k, new_v
-            else:
-                self.keys = mx.concatenate([self.keys[..., : self.offset, :], new_k], axis=2)
-                self.values = mx.concatenate([self.values[..., : self.offset, :], new_v], axis=2)
+        self.keys, self.values = with_room(self.keys, self.values, self.offset, k, v, self.step)
         self.keys[..., self.offset: self.offset + n, :] = k
         self.values[..., self.offset: self.offset + n, :] = v
         self.offset += n
@@ -41,6 +33,23 @@ class KVCache:
     def restore(self, snapshot) -> None:
         # The next update grows (copies) these arrays, so the snapshot stays intact.
         self.keys, self.values, self.offset = snapshot
+
+
+def with_room(keys: mx.array | None, values: mx.array | None, used: int, k: mx.array, v: mx.array,
+              step: int) -> tuple[mx.array, mx.array]:
+    """Key and value buffers (B, heads, T, hd) with room for k's and v's positions after
+    their first `used`: as they are if they have it, else those `used` followed by zeros,
+    grown by whole `step`s (None: new buffers), so a cache copies once per `step` tokens."""
+    n = k.shape[2]
+    if keys is not None and used + n <= keys.shape[2]:
+        return keys, values
+    grow = ((n + step - 1) // step) * step
+    new_k = mx.zeros((*k.shape[:2], grow, k.shape[3]), k.dtype)
+    new_v = mx.zeros((*v.shape[:2], grow, v.shape[3]), v.dtype)
+    if keys is None:
+        return new_k, new_v
+    return (mx.concatenate([keys[..., :used, :], new_k], axis=2),
+            mx.concatenate([values[..., :used, :], new_v], axis=2))
 
 
 def causal_mask(length: int, offset: int) -> mx.array | None:
