@@ -4,6 +4,9 @@ applies it on the CPU only when asked, and the plain model is mx.compile-safe.""
 
 import mlx.core as mx
 import mlx.nn as nn
+import threading
+import time
+
 import numpy as np
 import pytest
 from mlx.utils import tree_flatten
@@ -244,3 +247,39 @@ def test_numpy_matvec_halves_equal_one_product(n):
     np.testing.assert_allclose(out, w @ x, rtol=1e-5, atol=1e-5)
     if "linux" in __import__("sys").platform and "openblas" in str(np.show_config(mode="dicts")).lower():
         assert streams._numpy_blas_local_threads() is not None
+
+
+def test_on_both_runs_halves_on_two_threads_and_hands_back_errors():
+    """The helper's half runs on another thread; its exception reaches the caller after
+    both halves ended; a call from the helper thread itself runs both halves there."""
+    from mlx_vlm_port.backends.cpu import streams
+
+    if streams._numpy_blas_local_threads() is None:
+        pytest.skip("numpy's BLAS cannot be held to one thread here: on_both runs both halves on the caller")
+    seen = []
+    streams.on_both(lambda tag: seen.append((tag, threading.get_ident())), ("first",), ("second",))
+    assert sorted(t for t, _ in seen) == ["first", "second"] and seen[0][1] != seen[1][1]
+
+    finished = []
+
+    def half(tag):
+        if tag == "second":
+            raise ValueError("from the helper")
+        time.sleep(0.05)
+        finished.append(tag)
+
+    with pytest.raises(ValueError, match="from the helper"):
+        streams.on_both(half, ("first",), ("second",))
+    assert finished == ["first"]
+    streams.on_both(lambda tag: seen.append((tag, threading.get_ident())), ("again",), ("and again",))
+    assert {t for t, _ in seen[-2:]} == {"again", "and again"}  # the helper still serves
+
+    nested = []
+
+    def inner(tag):
+        streams.on_both(lambda t: nested.append((t, threading.get_ident())), (tag + ".1",), (tag + ".2",))
+
+    streams.on_both(inner, ("caller",), ("helper",))
+    by_tag = dict(nested)
+    assert sorted(by_tag) == ["caller.1", "caller.2", "helper.1", "helper.2"]
+    assert by_tag["caller.1"] == by_tag["caller.2"] != by_tag["helper.1"] == by_tag["helper.2"]

@@ -2,6 +2,8 @@
 layers: the same logits token after token, the caches left as MLX leaves them,
 and MLX's path wherever the step does not apply."""
 
+import threading
+
 import mlx.core as mx
 import numpy as np
 import pytest
@@ -53,14 +55,38 @@ def test_numpy_steps_give_mlx_logits(tiny_path, bits, steps_taken):
     assert_close(got, want)
 
 
-def test_kv_heads_split_over_both_threads(tiny_path, steps_taken, monkeypatch):
-    """Past ATTEND_SPLIT_FROM cached positions each thread attends with half the kv heads."""
-    monkeypatch.setattr(decode, "ATTEND_SPLIT_FROM", 1)
+def test_each_block_runs_as_two_halves_on_two_threads(tiny_path, steps_taken, monkeypatch):
+    """Every conv, attention and MLP block of a step runs as two halves, one on each
+    thread, which together cover all its channels, kv heads or hidden features."""
+    ran = []
+    for name in ("_conv_half", "_attention_half", "_mlp_half"):
+        def recorded(part, *args, _name=name, _fn=getattr(decode, name)):
+            ran.append((_name, part.start, part.stop, threading.get_ident()))
+            _fn(part, *args)
+        monkeypatch.setattr(decode, name, recorded)
     plain = load_model(tiny_path, cpu_backend=False)
-    assert any(layer.is_attention and layer.self_attn.n_kv >= 2 for layer in plain.language_model.model.layers)
-    want = decoded(plain, 40, 10)
-    got = decoded(load_model(tiny_path, cpu_backend=True), 40, 10)
-    assert len(steps_taken) == 10 and all(h is not None for h in steps_taken)
+    want = decoded(plain, 40, 3)
+    got = decoded(load_model(tiny_path, cpu_backend=True), 40, 3)
+    assert len(steps_taken) == 3 and all(h is not None for h in steps_taken)
+    assert_close(got, want)
+    c = plain.config.text_config
+    sizes = {"_conv_half": c.hidden_size, "_attention_half": c.num_key_value_heads, "_mlp_half": c.ff_dim}
+    kinds = ["_attention_half" if t == "full_attention" else "_conv_half" for t in c.layer_types]
+    blocks = [ran[i:i + 2] for i in range(0, len(ran), 2)]
+    assert [b[0][0] for b in blocks] == [k for k in kinds for k in (k, "_mlp_half")] * 3
+    for (name, start0, stop0, thread0), (_, start1, stop1, thread1) in blocks:
+        assert thread0 != thread1
+        assert sorted([(start0, stop0), (start1, stop1)]) == [(0, sizes[name] // 2), (sizes[name] // 2, sizes[name])]
+
+
+def test_one_kv_head_leaves_one_half_without_attention(tmp_path, steps_taken):
+    """With a single kv head one thread attends with it and the other adds nothing."""
+    path = make_tiny_checkpoint(tmp_path / "mqa", seed=5, text_overrides={"num_key_value_heads": 1})
+    plain = load_model(path, cpu_backend=False)
+    assert {layer.self_attn.n_kv for layer in plain.language_model.model.layers if layer.is_attention} == {1}
+    want = decoded(plain, 12, 6)
+    got = decoded(load_model(path, cpu_backend=True), 12, 6)
+    assert len(steps_taken) == 6 and all(h is not None for h in steps_taken)
     assert_close(got, want)
 
 
