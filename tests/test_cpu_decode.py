@@ -45,6 +45,16 @@ def assert_close(got: np.ndarray, want: np.ndarray) -> None:
     assert (got.argmax(-1) == want.argmax(-1)).all()
 
 
+def numpy_steps_match_mlx(path, prompt: int, steps: int, steps_taken: list):
+    """Every step after the prompt runs in numpy and gives MLX's layers' logits; the plain model."""
+    plain = load_model(path, cpu_backend=False)
+    want = decoded(plain, prompt, steps)
+    got = decoded(load_model(path, cpu_backend=True), prompt, steps)
+    assert len(steps_taken) == steps and all(h is not None for h in steps_taken)
+    assert_close(got, want)
+    return plain
+
+
 @pytest.mark.parametrize("bits", [None, 4, 8])
 def test_numpy_steps_give_mlx_logits(tiny_path, bits, steps_taken):
     """float32 weights, and quantized ones through their float copies: every step
@@ -64,12 +74,7 @@ def test_each_block_runs_as_two_halves_on_two_threads(tiny_path, steps_taken, mo
             ran.append((_name, part.start, part.stop, threading.get_ident()))
             _fn(part, *args)
         monkeypatch.setattr(decode, name, recorded)
-    plain = load_model(tiny_path, cpu_backend=False)
-    want = decoded(plain, 40, 3)
-    got = decoded(load_model(tiny_path, cpu_backend=True), 40, 3)
-    assert len(steps_taken) == 3 and all(h is not None for h in steps_taken)
-    assert_close(got, want)
-    c = plain.config.text_config
+    c = numpy_steps_match_mlx(tiny_path, 40, 3, steps_taken).config.text_config
     sizes = {"_conv_half": c.hidden_size, "_attention_half": c.num_key_value_heads, "_mlp_half": c.ff_dim}
     kinds = ["_attention_half" if t == "full_attention" else "_conv_half" for t in c.layer_types]
     blocks = [ran[i:i + 2] for i in range(0, len(ran), 2)]
@@ -82,20 +87,13 @@ def test_each_block_runs_as_two_halves_on_two_threads(tiny_path, steps_taken, mo
 def test_one_kv_head_leaves_one_half_without_attention(tmp_path, steps_taken):
     """With a single kv head one thread attends with it and the other adds nothing."""
     path = make_tiny_checkpoint(tmp_path / "mqa", seed=5, text_overrides={"num_key_value_heads": 1})
-    plain = load_model(path, cpu_backend=False)
+    plain = numpy_steps_match_mlx(path, 12, 6, steps_taken)
     assert {layer.self_attn.n_kv for layer in plain.language_model.model.layers if layer.is_attention} == {1}
-    want = decoded(plain, 12, 6)
-    got = decoded(load_model(path, cpu_backend=True), 12, 6)
-    assert len(steps_taken) == 6 and all(h is not None for h in steps_taken)
-    assert_close(got, want)
 
 
 def test_conv_bias_and_untied_head(tmp_path, steps_taken):
     path = make_tiny_checkpoint(tmp_path / "biased", seed=3, tie=False, text_overrides={"conv_bias": True})
-    want = decoded(load_model(path, cpu_backend=False), 9, 12)
-    got = decoded(load_model(path, cpu_backend=True), 9, 12)
-    assert all(h is not None for h in steps_taken) and len(steps_taken) == 12
-    assert_close(got, want)
+    numpy_steps_match_mlx(path, 9, 12, steps_taken)
 
 
 def test_packed_weights_keep_mlx_path(tiny_path, steps_taken):

@@ -3,8 +3,8 @@
 MLX's CPU transcendental ops (exp, tanh, sigmoid) run on one core at ~50 M
 elements/s, and MKL runs a one-row matrix product (every decoding step) on one
 thread. Two CPU streams, each with its own thread, run two halves at once: the
-caller's default stream and a second one. numpy's one-row products are split
-the same way over two threads (`numpy_matvec`).
+caller's default stream and a second one. numpy work is split the same way
+over two threads (`on_both`: the decoding step's blocks, `numpy_matvec`).
 """
 
 from __future__ import annotations
@@ -121,5 +121,6 @@ def on_both(fn, first: tuple, second: tuple) -> None:
             set_local(previous)
             helper.done.acquire()
             helper.owner = None
-        if helper.error is not None:
-            raise helper.error
+        error, helper.error = helper.error, None  # held no longer than needed: it holds the half's frames
+        if error is not None:
+            raise error
