@@ -5,32 +5,18 @@ The rule: half of the available memory, less one image's vision pass and prefill
 finishes: its attention keys and values for prompt + max_tokens positions, and
 its logits and sampling temporaries. At most MAX_AUTO rows (past that a CPU
 step is compute-bound and gains nothing; a GPU gains little more).
-Available memory: on a Mac GPU, Metal's recommended working set less MLX's
-active memory; elsewhere the free physical memory (os.sysconf's available pages;
-where the system does not say, a quarter of the physical memory).
+Available memory: `memory.available_memory`.
 """
 
 from __future__ import annotations
 
-import os
-
-import mlx.core as mx
+from .memory import available_memory
 
 MAX_AUTO = 16
 
 
 class BatchMemoryError(MemoryError):
     """One image alone needs more memory than is available."""
-
-
-def available_memory() -> int:
-    info = mx.device_info()
-    if "max_recommended_working_set_size" in info:
-        return int(info["max_recommended_working_set_size"]) - mx.get_active_memory()
-    try:
-        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
-    except (ValueError, OSError, AttributeError):  # macOS has no SC_AVPHYS_PAGES
-        return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE") // 4
 
 
 def _text_sizes(model) -> tuple[int, int, int, int]:

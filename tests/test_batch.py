@@ -2,6 +2,8 @@
 logits within 1e-4 relative), for LFM2-VL and SmolVLM, with images of different
 sizes (so prompts of different lengths) joining and leaving the batch."""
 
+import os
+
 import mlx.core as mx
 import numpy as np
 import pytest
@@ -170,3 +172,17 @@ def test_rejects_bad_requests_in_one_line(tiny):
         list(stream_batch_generate(model, processor, ["hi", "ho"], [None]))
     with pytest.raises(ValueError, match="max_tokens must be at least 1, got 0 for prompt 1"):
         list(stream_batch_generate(model, processor, "hi", [None, None], max_tokens=[2, 0]))
+
+
+def test_available_memory_counts_what_the_kernel_can_drop():
+    """On Linux the one memory rule reads MemAvailable (page cache included, where a
+    checkpoint just read lies), not the free pages alone; it is positive everywhere."""
+    from mlx_vlm_port.memory import available_memory
+
+    got = available_memory()
+    assert got > 0
+    if not os.path.exists("/proc/meminfo") or "max_recommended_working_set_size" in mx.device_info():
+        return
+    with open("/proc/meminfo") as f:
+        fields = {line.split(":")[0]: int(line.split()[1]) * 1024 for line in f}
+    assert abs(got - fields["MemAvailable"]) < 256 << 20

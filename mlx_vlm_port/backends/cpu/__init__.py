@@ -14,6 +14,7 @@ import mlx.core as mx
 import mlx.nn as nn
 import numpy as np
 
+from ...memory import available_memory
 from .layers import SWAPS
 
 CACHE_BYTES = 64 << 20  # freed buffers MLX keeps for reuse on the CPU (its default there: 32 MB)
@@ -38,18 +39,6 @@ def _quantized_lm_layers(model: nn.Module) -> list:
             if isinstance(m, (nn.QuantizedLinear, nn.QuantizedEmbedding)) and m["scales"].dtype == mx.float32]
 
 
-def available_memory() -> int | None:
-    """Bytes the system can give without swapping (Linux MemAvailable), else None."""
-    try:
-        with open("/proc/meminfo") as f:
-            for line in f:
-                if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return None
-
-
 def hold_float_weights(model: nn.Module, low_memory: bool | None = None) -> int:
     """Give each quantized layer of the language model a float32 copy of its weight
     (`_dense`: not a parameter, never saved), which its one-row products and prompts
@@ -62,8 +51,7 @@ def hold_float_weights(model: nn.Module, low_memory: bool | None = None) -> int:
     layers = [m for m in _quantized_lm_layers(model) if "_dense" not in m]
     need = sum(m["scales"].size * m.group_size * 4 for m in layers)
     if low_memory is None:
-        free = available_memory()
-        low_memory = free is not None and need > FLOAT_COPY_SHARE * free
+        low_memory = need > FLOAT_COPY_SHARE * available_memory()
     if low_memory or not layers:
         return 0
     from concurrent.futures import ThreadPoolExecutor
