@@ -10,6 +10,7 @@ import base64
 import io
 import json
 import os
+import re
 import shutil
 import signal
 import socket
@@ -72,12 +73,18 @@ class Server:
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")
 
-    def wait_log(self, needle: str, count: int, timeout: float = 10.0) -> int:
-        """The server logs a job just after sending its last reply: give it that moment."""
+    def wait_log(self, needle: str | re.Pattern, count: int, timeout: float = 10.0) -> int:
+        """How many times the log holds `needle` (a string, or a pattern's matches), once
+        that is `count` or the timeout passes: the server logs a job just after sending
+        its last reply, so give it that moment."""
+        def found() -> int:
+            log = self.log()
+            return len(needle.findall(log)) if isinstance(needle, re.Pattern) else log.count(needle)
+
         deadline = time.monotonic() + timeout
-        while self.log().count(needle) < count and time.monotonic() < deadline:
+        while found() < count and time.monotonic() < deadline:
             time.sleep(0.02)
-        return self.log().count(needle)
+        return found()
 
     def stop(self) -> None:
         if self.proc and self.proc.poll() is None:
