@@ -2,11 +2,11 @@
 only the array they are given; its layers compute what MLX's compute; load()
 applies it on the CPU only when asked, and the plain model is mx.compile-safe."""
 
-import mlx.core as mx
-import mlx.nn as nn
 import threading
 import time
 
+import mlx.core as mx
+import mlx.nn as nn
 import numpy as np
 import pytest
 from mlx.utils import tree_flatten
