@@ -84,8 +84,8 @@ def test_other_dtypes_use_mlx():
 @pytest.mark.parametrize("bits,low_memory", [(None, None), (4, True), (4, False)])
 def test_cpu_layers_compute_what_mlx_layers_compute(tiny_path, bits, low_memory, monkeypatch):
     """load() swaps in the two-core / dense-prompt layers; each path (one row,
-    a few rows, a prompt; the tied head; quantized from the packed weights or from
-    their float copies) agrees with MLX's own layer."""
+    a few rows or a decoding batch's rows, a prompt; the tied head; quantized from
+    the packed weights or from their float copies) agrees with MLX's own layer."""
     monkeypatch.setattr(layers, "SPLIT_FROM", 0)  # the tiny weights take the split path too
     model, processor = load(tiny_path, bits=bits, group_size=32, low_memory=low_memory)
     kinds = {type(m) for _, m in model.named_modules()}
@@ -95,12 +95,12 @@ def test_cpu_layers_compute_what_mlx_layers_compute(tiny_path, bits, low_memory,
     assert ("_dense" in linear) == ("_dense" in embedding) == (bits is not None and not low_memory)
     base = {v: k for k, v in layers.SWAPS.items()}
     dim = model.config.text_config.hidden_size
-    for rows in (1, 2, 9):
-        x = mx.random.normal((1, rows, dim))
+    for shape in ((1, 1), (1, 2), (1, 9), (layers.FEW_ROWS, 1), (1, layers.FEW_ROWS + 1)):  # (batch, positions)
+        x = mx.random.normal((*shape, dim))
         for layer, call in ((linear, "__call__"), (embedding, "as_linear")):
             got = getattr(layer, call)(x)
             want = getattr(base[type(layer)], call)(layer, x)
-            assert got.shape == want.shape == (1, rows, want.shape[-1])
+            assert got.shape == want.shape == (*shape, want.shape[-1])
             np.testing.assert_allclose(np.asarray(got), np.asarray(want), rtol=1e-4, atol=1e-4)
     assert np.isfinite(last_logits(model, processor)).all()
 

@@ -147,3 +147,70 @@ def test_a_replaced_weight_is_read(tiny_path, steps_taken):
     assert np.abs(got - before).max() > 1e-3
     assert len(steps_taken) == 4 and all(h is not None for h in steps_taken)
     assert_close(got, want)
+
+
+def batch_decoded(model, prompts: list[int], steps: int, join_at: int, leave_at: int) -> tuple[dict, list]:
+    """Each row's logits through a decoding batch, and the batch's caches: rows 0 and 1
+    (prompt lengths prompts[0], prompts[1]) start it, row 2 joins after `join_at`
+    steps, row 0 leaves after `leave_at`; every row is fed a fixed token sequence."""
+    from mlx_vlm_port.batch_cache import BatchKVCache, batch_caches
+
+    lm = model.language_model
+    out: dict[int, list] = {}
+
+    def prefilled(i):
+        cache = lm.make_cache()
+        ids = mx.array([[1] + [(11 * j + i) % 90 + 5 for j in range(prompts[i] - 1)]])
+        out[i] = [np.asarray(lm(lm.embed(ids), cache)[0, -1])]
+        return cache
+
+    rows, caches = [0, 1], batch_caches(lm.make_cache())
+    for layer, c in enumerate(caches):
+        c.join([r[layer] for r in [prefilled(0), prefilled(1)]])
+    for step in range(steps):
+        if step == join_at:
+            row = prefilled(2)
+            for layer, c in enumerate(caches):
+                c.join([row[layer]])
+            rows.append(2)
+        if step == leave_at:
+            for c in caches:
+                c.keep([k for k, r in enumerate(rows) if r != 0])
+            rows.remove(0)
+        tokens = mx.array([[(7 * step + 3 * r) % 90 + 5] for r in rows])
+        mask = next(c.mask() for c in caches if isinstance(c, BatchKVCache))
+        logits = lm(lm.embed(tokens), caches, mask)[:, -1]
+        for k, r in enumerate(rows):
+            out[r].append(np.asarray(logits[k]))
+    return {r: np.stack(v) for r, v in out.items()}, caches
+
+
+@pytest.mark.parametrize("bits", [None, 8])
+def test_batched_steps_give_mlx_batch_logits(tiny_path, bits, steps_taken):
+    """A decoding batch (rows left-padded to the longest, a row joining, one leaving,
+    the keys' buffers growing past 256 positions) steps in numpy, all rows at once,
+    with the logits of MLX's layers on the same batch caches."""
+    kw = dict(bits=bits, group_size=32)
+    args = ([250, 31, 7], 12, 3, 8)  # row 0 pads the others; positions cross 256 at step 6
+    want, mlx_caches = batch_decoded(load_model(tiny_path, cpu_backend=False, **kw), *args)
+    got, caches = batch_decoded(load_model(tiny_path, cpu_backend=True, low_memory=False, **kw), *args)
+    assert len(steps_taken) == 12 and all(h is not None and h.shape[0] > 1 for h in steps_taken)
+    for r in want:
+        assert_close(got[r], want[r])
+    for c, m in zip(caches, mlx_caches):  # the bookkeeping MLX's layers would continue from
+        if hasattr(m, "end"):
+            assert (c.end, c.pad, c.offset.tolist()) == (m.end, m.pad, m.offset.tolist())
+        else:
+            assert c.state.shape == m.state.shape
+
+
+def test_larger_batches_take_mlx_steps_and_hand_back(tiny_path, steps_taken, monkeypatch):
+    """Past FEW_ROWS rows a batch steps through MLX's layers; the same caches then go
+    on in numpy once a row has left, and back: the logits match MLX's all along."""
+    monkeypatch.setattr(decode, "FEW_ROWS", 2)
+    args = ([40, 31, 7], 12, 3, 8)  # three rows from step 3 to step 7
+    want, _ = batch_decoded(load_model(tiny_path, cpu_backend=False), *args)
+    got, _ = batch_decoded(load_model(tiny_path, cpu_backend=True), *args)
+    assert [h.shape[0] for h in steps_taken] == [2] * 7
+    for r in want:
+        assert_close(got[r], want[r])

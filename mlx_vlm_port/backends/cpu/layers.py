@@ -35,7 +35,7 @@ import numpy as np
 from ...models import idefics3, lfm2, lfm2_vl, llama, siglip2
 from .decode import Lfm2LanguageModel
 from .numpy_ops import attention, gelu_tanh, silu_mul
-from .streams import numpy_matvec, split_apply
+from .streams import FEW_ROWS, numpy_matvec, split_apply
 
 DENSE_FROM_ROWS = 4  # below this many rows the quantized kernel is cheaper than dequantizing
 SPLIT_FROM = 1 << 21  # non-float32 weights this large or larger are split over two streams for one row
@@ -50,21 +50,23 @@ def _matvec(x: mx.array, weight: mx.array) -> mx.array:
     return split_apply(lambda w: x @ w.T, (weight,), axis=0, out_axis=-1)
 
 
-def _numpy_matvec(x: mx.array, weight: mx.array) -> mx.array:
-    """x (…, 1 row, in) @ weight (out, in).T by numpy's BLAS, on views of both buffers
-    (x is evaluated here: one synchronisation per layer)."""
+def _numpy_product(x: mx.array, weight: mx.array) -> mx.array:
+    """x (…, rows, in) @ weight (out, in).T by numpy's BLAS as weight @ xᵀ, on views of
+    both buffers (x is evaluated here: one synchronisation per layer)."""
     mx.eval(x)
-    y = np.empty(weight.shape[0], np.float32)
-    numpy_matvec(np.asarray(weight), np.asarray(x).reshape(-1), y)  # (out, in) @ (in,): sgemv, no copy
-    return mx.array(y.reshape(*x.shape[:-1], -1))
+    rows = _rows(x)
+    y = np.empty((weight.shape[0], rows), np.float32)
+    numpy_matvec(np.asarray(weight), np.asarray(x).reshape(rows, -1).T, y)  # one row: sgemv, no copy
+    return mx.array(y.T.reshape(*x.shape[:-1], -1))
 
 
 def _one_row(x: mx.array, weight: mx.array) -> mx.array | None:
-    """The one-row product by the fastest route here, or None for MLX's own layer."""
+    """A product of one row (or, float32, up to FEW_ROWS) by the fastest route here,
+    or None for MLX's own layer."""
+    if x.dtype == weight.dtype == mx.float32 and _rows(x) <= FEW_ROWS:
+        return _numpy_product(x, weight)
     if _rows(x) != 1:
         return None
-    if x.dtype == weight.dtype == mx.float32:
-        return _numpy_matvec(x, weight)
     return _matvec(x, weight) if weight.size >= SPLIT_FROM else None
 
 
