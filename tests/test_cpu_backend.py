@@ -234,15 +234,16 @@ def test_plain_model_is_compile_safe(tiny, tiny_path):
 
 
 @pytest.mark.parametrize("n", [1, 2, 7, 4608])
-def test_numpy_matvec_halves_equal_one_product(n):
-    """The one-row product split over two threads (one BLAS thread each) is the
-    plain product, for odd and tiny row counts too; it runs split where numpy's
+@pytest.mark.parametrize("columns", [(), (3,)])
+def test_numpy_matvec_halves_equal_one_product(n, columns):
+    """The one-row (or few-row) product split over two threads (one BLAS thread each)
+    is the plain product, for odd and tiny row counts too; it runs split where numpy's
     OpenBLAS can be told to stay on one thread (its Linux wheels)."""
     from mlx_vlm_port.backends.cpu import streams
 
     rng = np.random.default_rng(n)
-    w, x = rng.standard_normal((n, 1024), dtype=np.float32), rng.standard_normal(1024, dtype=np.float32)
-    out = np.full(n, np.nan, np.float32)
+    w, x = rng.standard_normal((n, 1024), dtype=np.float32), rng.standard_normal((1024, *columns), dtype=np.float32)
+    out = np.full((n, *columns), np.nan, np.float32)
     streams.numpy_matvec(w, x, out)
     np.testing.assert_allclose(out, w @ x, rtol=1e-5, atol=1e-5)
     if "linux" in __import__("sys").platform and "openblas" in str(np.show_config(mode="dicts")).lower():

@@ -6,8 +6,10 @@ with the same parameters and names, swapped in by `use_cpu_backend`.
   called on zero-copy views of the same buffers, runs sgemv on both cores near
   the read bandwidth. Every float32 one-row product goes there (a float32 450M
   decode step: 217 -> 114 ms with OpenBLAS; leaving the small layers to MLX made
-  it slower, 356 ms, with two BLAS thread pools taking turns). An LFM2 model's
-  whole one-row step runs in numpy (decode.py), keeping only its head here.
+  it slower, 356 ms, with two BLAS thread pools taking turns). So do products
+  of up to FEW_ROWS rows (a decoding batch), as weight @ xᵀ (streams.py). An
+  LFM2 model's whole decoding step runs in numpy (decode.py), keeping only its
+  head here.
 - One row, other dtypes, and MLX's CPU quantized kernel (single-threaded too):
   the layer splits its output rows over two CPU streams, one per core. The two
   streams' handover costs ~60 µs, more than it saves below ~2M float weights
@@ -60,7 +62,7 @@ def _numpy_product(x: mx.array, weight: mx.array) -> mx.array:
     return mx.array(y.T.reshape(*x.shape[:-1], -1))
 
 
-def _one_row(x: mx.array, weight: mx.array) -> mx.array | None:
+def _few_rows(x: mx.array, weight: mx.array) -> mx.array | None:
     """A product of one row (or, float32, up to FEW_ROWS) by the fastest route here,
     or None for MLX's own layer."""
     if x.dtype == weight.dtype == mx.float32 and _rows(x) <= FEW_ROWS:
@@ -101,19 +103,19 @@ def _dense_product(x: mx.array, layer) -> mx.array | None:
     if "_dense" not in layer:
         return None
     w = layer["_dense"]
-    y = _one_row(x, w)
+    y = _few_rows(x, w)
     return x @ w.T if y is None else y
 
 
 class Linear(nn.Linear):
     def __call__(self, x: mx.array) -> mx.array:
-        y = _one_row(x, self["weight"])
+        y = _few_rows(x, self["weight"])
         return super().__call__(x) if y is None else _with_bias(self, y)
 
 
 class Embedding(nn.Embedding):
     def as_linear(self, x: mx.array) -> mx.array:
-        y = _one_row(x, self["weight"])
+        y = _few_rows(x, self["weight"])
         return super().as_linear(x) if y is None else y
 
 
