@@ -33,8 +33,8 @@ import mlx.core as mx
 import mlx.nn as nn
 import numpy as np
 
-from ...models import lfm2
 from ...batch_cache import BatchConvCache, BatchKVCache
+from ...models import lfm2
 from ...models.cache import KVCache, with_room
 from .numpy_ops import silu_mul_rows, softmax_rows
 from .streams import FEW_ROWS, on_both
@@ -102,7 +102,7 @@ def _on_halves(half, n: int, shape: tuple, *args) -> np.ndarray:
 
 def _rms(x: np.ndarray, weight: np.ndarray, eps: float) -> np.ndarray:
     """RMSNorm over the features (axis -2) of x (D, B) or (heads, hd, B), as mx.fast.rms_norm (float32)."""
-    if x.shape[1:] == (1,):  # one row: numpy scalars cost ~1/10 of (1, 1) arrays
+    if x.shape[1:] == (1,):  # one row: scalar arithmetic, not (1, 1) arrays (~10 against ~25 µs a call)
         v = x[:, 0]
         return (v * (1 / np.sqrt(v @ v / np.float32(v.shape[0]) + np.float32(eps))) * weight)[:, None]
     ms = np.einsum("...db,...db->...b", x, x)[..., None, :] / np.float32(x.shape[-2])  # (…, 1, B)
