@@ -206,6 +206,14 @@ def _written(cache) -> tuple[int, list]:
     return cache.offset, [0]
 
 
+def _advance(cache) -> None:
+    """Count this step's position in a layer's cache as MLX's layers would."""
+    if isinstance(cache, BatchKVCache):
+        cache.end, cache.offset = cache.end + 1, cache.offset + 1  # offset: one per row
+    else:
+        cache.offset += 1
+
+
 def step(lm: lfm2.LanguageModel, embeddings: np.ndarray, cache: list) -> np.ndarray | None:
     """The final hidden states (B, hidden) for one new position of each row, embeddings
     (B, hidden), advancing `cache` (one row's plain caches, or a batch's); None (nothing
@@ -224,8 +232,6 @@ def step(lm: lfm2.LanguageModel, embeddings: np.ndarray, cache: list) -> np.ndar
             rotation = _rotation(attn.head_dim, attn.rope_theta, tuple(used - n for n in pad))
             mixed = _on_halves(_attention_half, attn.n_kv, h.shape, attn, p, x, keys, values, used, pad, rotation,
                                eps)
-            if isinstance(c, BatchKVCache):
-                c.end, c.offset = used + 1, c.offset + 1
         else:
             w = p["conv"]  # (D, K)
             state = np.zeros((h.shape[1], w.shape[1] - 1, w.shape[0]), np.float32) if c.state is None \
@@ -233,8 +239,7 @@ def step(lm: lfm2.LanguageModel, embeddings: np.ndarray, cache: list) -> np.ndar
             new_state = np.empty_like(state)
             mixed = _on_halves(_conv_half, w.shape[0], h.shape, p, x, state, new_state)
             c.state = mx.array(new_state)
-        if not isinstance(c, BatchKVCache):
-            c.offset += 1
+        _advance(c)
         h = h + _with_bias(mixed, p["out"])
         h = h + _with_bias(_on_halves(_mlp_half, p["down"][0].shape[1], h.shape, p, _rms(h, p["ffn_norm"], eps)),
                            p["down"])

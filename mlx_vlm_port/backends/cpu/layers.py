@@ -65,9 +65,10 @@ def _numpy_product(x: mx.array, weight: mx.array) -> mx.array:
 def _few_rows(x: mx.array, weight: mx.array) -> mx.array | None:
     """A product of one row (or, float32, up to FEW_ROWS) by the fastest route here,
     or None for MLX's own layer."""
-    if x.dtype == weight.dtype == mx.float32 and _rows(x) <= FEW_ROWS:
+    rows = _rows(x)
+    if x.dtype == weight.dtype == mx.float32 and rows <= FEW_ROWS:
         return _numpy_product(x, weight)
-    if _rows(x) != 1:
+    if rows != 1:
         return None
     return _matvec(x, weight) if weight.size >= SPLIT_FROM else None
 
