@@ -7,6 +7,9 @@
   than any cache: the read a decode step does, through the same kernel.
 - `numpy_read_2t` (CPU): two threads each summing half of the array (numpy
   releases the GIL), bytes read / time.
+- `numpy_matvec` (CPU): the same array as a (N × 1024) float32 matrix times a
+  vector in one numpy call (its OpenBLAS sgemv on its own threads): the read a
+  decode step's products do on the CPU; here it reads faster than the sums.
 - `numpy_copy` (CPU): dst = src; `mlx_copy`: w * 1.0; (bytes read + bytes written) / time.
 Best of `--repeats` runs each, GB/s (10^9 bytes). The decode bound uses the
 fastest read-only figure (`best_read`): the strictest ceiling measured.
@@ -19,6 +22,9 @@ import json
 import sys
 import threading
 import time
+
+
+READS = ("mlx_linear_read", "numpy_read_2t", "numpy_read_1t", "numpy_matvec")
 
 
 def _best(fn, repeats: int) -> float:
@@ -62,8 +68,10 @@ def numpy_figures(mb: int, repeats: int) -> dict:
         for t in threads:
             t.join()
 
+    matrix, x, y = a.reshape(-1, 1024), np.ones(1024, np.float32), np.empty(a.size // 1024, np.float32)
     return {"numpy_read_2t": a.nbytes / _best(read_2t, repeats) / 1e9,
             "numpy_read_1t": a.nbytes / _best(lambda: a.sum(), repeats) / 1e9,
+            "numpy_matvec": a.nbytes / _best(lambda: np.matmul(matrix, x, out=y), repeats) / 1e9,
             "numpy_copy": 2 * a.nbytes / _best(lambda: np.copyto(b, a), repeats) / 1e9}
 
 
@@ -74,7 +82,7 @@ def measure(mb: int = 512, repeats: int = 5) -> dict:
     out.update(mlx_figures(mb, repeats))
     if mx.default_device() == mx.cpu:
         out.update(numpy_figures(mb, repeats))
-    reads = {k: v for k, v in out.items() if k in ("mlx_linear_read", "numpy_read_2t", "numpy_read_1t")}
+    reads = {k: v for k, v in out.items() if k in READS}
     out["best_read_name"] = max(reads, key=reads.get)
     out["best_read"] = reads[out["best_read_name"]]
     return out

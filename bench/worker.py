@@ -11,7 +11,10 @@ decode rate. Both are greedy, without repetition penalty, with EOS ignored, and 
 here, identically for both implementations: time to first token = from the
 call (prompt templating excluded, image decoding and processing included) to
 the first token handed out; decode tokens/s = (n − 1) / (time of token n −
-time of token 1). Peak memory is this process's ru_maxrss.
+time of token 1). Peak memory is this process's ru_maxrss. After it is read,
+the memory bandwidth is measured here (bench.bandwidth, `--bandwidth-mb`, best
+of 3): the decode's bound at the moment of the decode, on a machine whose
+bandwidth moves.
 The JSON line starts with "BENCH_JSON " so the peer's own printing is ignored.
 """
 
@@ -180,6 +183,8 @@ def main(argv=None) -> int:
     ap.add_argument("--new-tokens", type=int, default=50, help="tokens of the warm request (default 50)")
     ap.add_argument("--first-tokens", type=int, default=1, help="tokens of the first request (default 1)")
     ap.add_argument("--requests", type=int, choices=(1, 2), default=2, help="1: the first request only")
+    ap.add_argument("--bandwidth-mb", type=int, default=256,
+                    help="array size of the bandwidth reading after the warm request (default 256; 0: none)")
     args = ap.parse_args(argv)
     image = resolve_image(args.image)
     warm_image = resolve_image(args.warm_image) if args.warm_image else image
@@ -199,6 +204,10 @@ def main(argv=None) -> int:
     out["blas_mapped"] = sorted({line.split()[-1].rsplit("/", 1)[-1] for line in open("/proc/self/maps")
                                  if "blas" in line or "libmkl" in line}) if os.path.exists("/proc/self/maps") else None
     out.update(device_info())
+    if args.requests > 1 and args.bandwidth_mb:  # after the memory figures: its arrays are not the model's
+        from bench.bandwidth import measure
+
+        out["bandwidth_after"] = measure(args.bandwidth_mb, 3)
     out["python"] = sys.version.split()[0]
     if args.impl == "peer":
         from importlib.metadata import version
