@@ -284,3 +284,30 @@ def test_on_both_runs_halves_on_two_threads_and_hands_back_errors():
     by_tag = dict(nested)
     assert sorted(by_tag) == ["caller.1", "caller.2", "helper.1", "helper.2"]
     assert by_tag["caller.1"] == by_tag["caller.2"] != by_tag["helper.1"] == by_tag["helper.2"]
+
+
+def test_on_both_holds_numpy_blas_to_one_thread_only_while_it_runs():
+    """numpy's OpenBLAS thread count is the process's: both halves run with one BLAS
+    thread, and afterwards (a new helper thread included) the count is what it was,
+    so numpy products elsewhere in the process keep both cores."""
+    from mlx_vlm_port.backends.cpu import streams
+
+    set_local = streams._numpy_blas_local_threads()
+    if set_local is None:
+        pytest.skip("numpy's BLAS cannot be held to one thread here")
+
+    def count():
+        n = set_local(1)  # returns the count it replaced
+        set_local(n)
+        return n
+
+    previous = set_local(2)
+    try:
+        streams._helper.cache_clear()  # a fresh helper thread starts in the next call
+        during = []
+        streams.on_both(lambda: during.append(count()), (), ())
+        w, x = np.ones((8, 16), np.float32), np.ones(16, np.float32)
+        streams.numpy_matvec(w, x, np.empty(8, np.float32))
+        assert during == [1, 1] and count() == 2
+    finally:
+        set_local(previous)

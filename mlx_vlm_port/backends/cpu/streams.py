@@ -42,7 +42,9 @@ def split_apply(fn, arrays: tuple, axis: int, out_axis: int | None = None) -> mx
 @lru_cache(maxsize=1)
 def _numpy_blas_local_threads():
     """numpy's OpenBLAS `openblas_set_num_threads_local` (0.3.27+), or None where numpy
-    has another BLAS (Accelerate, MKL) or an older OpenBLAS."""
+    has another BLAS (Accelerate, MKL) or an older OpenBLAS. Despite its name it sets
+    the count for the whole process (numpy's 0.3.31 here: one thread's call left
+    another's products on one thread), and returns the count it replaced."""
     import ctypes
     import glob
     import os
@@ -70,17 +72,16 @@ class _Helper:
     hand the work over and back (~60 µs a round trip here, against ~105 µs through a
     ThreadPoolExecutor's future); `turn` keeps callers on other threads in line."""
 
-    def __init__(self, set_local):
+    def __init__(self):
         self.turn, self.go, self.done = threading.Lock(), threading.Lock(), threading.Lock()
         self.go.acquire()
         self.done.acquire()
         self.job, self.error = None, None
         self.owner = None  # the thread whose halves are running
-        self.thread = threading.Thread(target=self._serve, args=(set_local,), name="cpu-matvec", daemon=True)
+        self.thread = threading.Thread(target=self._serve, name="cpu-matvec", daemon=True)
         self.thread.start()
 
-    def _serve(self, set_local) -> None:
-        set_local(1)
+    def _serve(self) -> None:
         while True:
             self.go.acquire()
             fn, args = self.job
@@ -93,7 +94,7 @@ class _Helper:
 
 @lru_cache(maxsize=1)
 def _helper() -> _Helper:
-    return _Helper(_numpy_blas_local_threads())
+    return _Helper()
 
 
 os.register_at_fork(after_in_child=_helper.cache_clear)  # a forked child has no helper thread
@@ -121,13 +122,13 @@ def on_both(fn, first: tuple, second: tuple) -> None:
         return
     with helper.turn:
         helper.owner, helper.job, helper.error = threading.get_ident(), (fn, second), None
+        previous = set_local(1)  # for both halves (the count is the process's), and back after both
         helper.go.release()
-        previous = set_local(1)
         try:
             fn(*first)
         finally:
-            set_local(previous)
             helper.done.acquire()
+            set_local(previous)
             helper.owner = None
         error, helper.error = helper.error, None  # held no longer than needed: it holds the half's frames
         if error is not None:
