@@ -11,6 +11,9 @@ configuration and round runs, each in a fresh process, alternating ours/peer:
   cold    each side's real CLI with --max-tokens 1, timed spawn -> exit:
           python -m app.caption IMG --model DIR --max-tokens 1 --temperature 0
           --no-service / python -m mlx_vlm.generate ... (via bench.peer_cli).
+  llamacpp  with --llama-bench, for float32 LFM2-VL: llama.cpp's own llama-bench
+          decoding the same language model (an F32 GGUF of it) after as many
+          context tokens as our prompt had (bench.llamacpp).
 Memory bandwidth is measured at the start and the end (bench.bandwidth); the
 decode bound is best read GB/s / LM bytes per token. On Linux CPUs both sides'
 children get the same BLAS (--blas) via LD_PRELOAD. Writes bench/RESULTS.md (machine,
@@ -66,6 +69,9 @@ def parse_args(argv=None):
     ap.add_argument("--cold-configs", default=None, metavar="CONFIGS",
                     help="comma-separated: only these configurations get cold-start runs (default: all)")
     ap.add_argument("--peer-python", default=sys.executable, help="python that has mlx-vlm (default: this one)")
+    ap.add_argument("--llama-bench", default=None, metavar="PATH",
+                    help="llama.cpp's llama-bench executable: each round of the f32 configurations also times "
+                         "llama.cpp's decode of the same language model (see bench/llamacpp.py)")
     ap.add_argument("--timeout", type=float, default=900, help="seconds before a child is killed (default 900)")
     ap.add_argument("--wait-load", type=float, default=None, metavar="L",
                     help="first wait until the 1-minute load average is below L (polled every 60 s)")
@@ -92,6 +98,12 @@ def parse_args(argv=None):
 
 def log(msg: str) -> None:
     print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)
+
+
+def prompt_tokens(conf: dict) -> int | None:
+    """The prompt length of our last successful warm request in this configuration."""
+    return next((r["warm"]["prompt_tokens"] for r in reversed(conf["runs"])
+                 if r["impl"] == "ours" and r["rc"] == 0 and r.get("warm")), None)
 
 
 def load1() -> float:
@@ -218,18 +230,30 @@ def main(argv=None) -> int:
         results["configs"][name] = conf
         for r in range(1, args.rounds + 1):
             jobs = [("worker", i) for i in impls] + ([("cold", i) for i in impls] if name in args.cold_configs else [])
+            if args.llama_bench and kind == "f32":
+                jobs.append(("llamacpp", "llama.cpp"))
             for what, impl in jobs:
                 py = args.peer_python if impl == "peer" else sys.executable
-                cmd = (worker_command(impl, py, model, image, warm, n) if what == "worker"
-                       else cold_command(impl, py, model, image))
+                if what == "llamacpp":
+                    depth = prompt_tokens(conf)
+                    if depth is None:
+                        log(f"{name}: no prompt length from our worker, llama.cpp not run")
+                        continue
+                    cmd = [sys.executable, "-m", "bench.llamacpp", "--llama-bench", args.llama_bench, "--model",
+                           str(model), "--depth", str(depth), "--new-tokens", str(n)]
+                else:
+                    cmd = (worker_command(impl, py, model, image, warm, n) if what == "worker"
+                           else cold_command(impl, py, model, image))
                 conf["commands"][f"{what}-{impl}"] = shlex.join(cmd)
                 log(f"{name} round {r}/{args.rounds}: {what} {impl} ...")
                 res = run_child(cmd, env, args.timeout, ck.ROOT)
                 res.update(round=r, kind=what, impl=impl)
                 conf["runs"].append(res)
-                summary = (f"rc {res['rc']}, {res['wall_s']:.1f} s, {res['child_maxrss_mb']:.0f} MB"
+                after = (res.get("bandwidth_after") or {}).get("best_read")
+                summary = (f"rc {res['rc']}, {res['wall_s']:.1f} s, {res.get('maxrss_mb') or res['child_maxrss_mb']:.0f} MB"
                            + (f", ttft {res['warm']['ttft_s']:.2f} s, {res['warm'].get('decode_tps', 0):.2f} tok/s"
-                              if "warm" in res else ""))
+                              if "warm" in res else "") + (f", then {after:.1f} GB/s read" if after else "")
+                           + (f", {res['decode_tps']:.2f} tok/s" if what == "llamacpp" and "decode_tps" in res else ""))
                 log(f"  {summary}" + (f"\n  error: {res['error'][-300:]}" if res["rc"] else ""))
             args.out.with_suffix(".json").write_text(json.dumps(results, indent=1) + "\n")
     if batch_configs:

@@ -14,6 +14,7 @@ TARGETS = {
     ("f32", "decode"): ("ratio_ge", 1.1), ("q4", "decode"): ("ratio_ge", 1.0),
     ("f32", "bound"): ("bound_ge", 0.8), ("f32", "bound_after"): ("bound_ge", 0.8), ("*", "rss"): ("ratio_le", 0.8),
 }
+LLAMACPP_DECODE = 0.8  # ours float32 decode against llama.cpp's F32 on the same machine
 QUANTIZED_VS_FLOAT = 1.0  # ours: a quantized checkpoint decodes at least as fast as its float32 form
 METRICS = [  # key, label, unit format
     ("cold", "cold start: CLI spawn → exit after 1 token (s)", "{:.2f}"),
@@ -93,7 +94,23 @@ def table(results: dict) -> str:
                 label += f" ({bound:.1f} tok/s)"
             text, verdict = _judge(_target(name, key), ours, peer)
             rows.append(f"| {name} | {label} | {cell(ours, n_o)} | {cell(peer, n_p)} | {ratio} | {text} | {verdict} |")
+        rows += _llamacpp_row(name, conf, med["ours", "decode"][0])
     return "\n".join(rows)
+
+
+def _llamacpp_row(name: str, conf: dict, ours: float | None) -> list[str]:
+    """Our decode against llama.cpp's (its llama-bench, same language model and depth, same rounds)."""
+    runs = [r for r in conf["runs"] if r["kind"] == "llamacpp" and r["rc"] == 0 and r.get("decode_tps")]
+    if not runs:
+        return []
+    theirs, r = statistics.median(r["decode_tps"] for r in runs), runs[0]
+    n = "" if len(runs) >= 3 else f" (n={len(runs)})"
+    label = (f"decode (tokens/s) against llama.cpp F32: llama-bench, {r['new_tokens']} tokens after {r['depth']}, "
+             f"{r['threads']} threads (its figure in the peer column)")
+    ratio, verdict = (f"{ours / theirs:.2f}", "PASS" if ours >= LLAMACPP_DECODE * theirs else "**MISS**") if ours \
+        else ("", "n/a")
+    return [f"| {name} | {label} | {'—' if ours is None else f'{ours:.2f}'} | {theirs:.2f}{n} | {ratio} | "
+            f"≥ {LLAMACPP_DECODE}× llama.cpp | {verdict} |"]
 
 
 def quantized_vs_float(results: dict) -> list[str]:
@@ -124,7 +141,8 @@ def _raw(conf: dict) -> str:
         w, first = r.get("warm") or {}, r.get("first") or {}
         rows.append(f"| {r['round']} | {r['impl']} | {r['kind']} | {r['rc']} | {f(r['wall_s'])} | {f(r.get('import_s'))} "
                     f"| {f(r.get('load_s'))} | {f(first.get('ttft_s'))} | {f(w.get('ttft_s'))} | "
-                    f"{f(w.get('decode_tps'))} | {w.get('prompt_tokens', first.get('prompt_tokens', ''))} | "
+                    f"{f(w.get('decode_tps') or r.get('decode_tps'))} | "
+                    f"{w.get('prompt_tokens', first.get('prompt_tokens', r.get('depth', '')))} | "
                     f"{f(r.get('maxrss_mb') or r['child_maxrss_mb'], 0)} | "
                     f"{f((r.get('bandwidth_after') or {}).get('best_read'), 1)} | "
                     f"{r['load1_before']:.2f} / {r['load1_after']:.2f} |")
