@@ -250,7 +250,8 @@ def main(argv=None) -> int:
                 res.update(round=r, kind=what, impl=impl)
                 conf["runs"].append(res)
                 after = (res.get("bandwidth_after") or {}).get("best_read")
-                summary = (f"rc {res['rc']}, {res['wall_s']:.1f} s, {res.get('maxrss_mb') or res['child_maxrss_mb']:.0f} MB"
+                rss = res.get("maxrss_mb") or res["child_maxrss_mb"]
+                summary = (f"rc {res['rc']}, {res['wall_s']:.1f} s, {rss:.0f} MB"
                            + (f", ttft {res['warm']['ttft_s']:.2f} s, {res['warm'].get('decode_tps', 0):.2f} tok/s"
                               if "warm" in res else "") + (f", then {after:.1f} GB/s read" if after else "")
                            + (f", {res['decode_tps']:.2f} tok/s" if what == "llamacpp" and "decode_tps" in res else ""))

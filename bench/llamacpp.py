@@ -11,9 +11,13 @@ there are CPUs, `--repetitions` times. Prints one line, BENCH_JSON {...}, with
 llama-bench's tokens/s (mean and each repetition).
 
 llama-bench is built from llama.cpp's sources, e.g. those inside the llama-cpp-python
-sdist (`pip download --no-deps --no-binary :all: llama-cpp-python`, then in its
-vendor/llama.cpp: `cmake -B build -DLLAMA_CURL=OFF && cmake --build build --target
-llama-bench`).
+sdist (the README's figures: 0.3.36, llama.cpp build 0c1e570; cmake and a C++ compiler):
+
+    pip download --no-deps --no-binary :all: llama-cpp-python==0.3.36 && tar xzf llama_cpp_python-0.3.36.tar.gz
+    cd llama_cpp_python-0.3.36/vendor/llama.cpp
+    cmake -B build -DCMAKE_BUILD_TYPE=Release -DLLAMA_CURL=OFF -DLLAMA_OPENSSL=OFF -DLLAMA_BUILD_TESTS=OFF \\
+          -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_BUILD_SERVER=OFF
+    cmake --build build --target llama-bench -j    # -> build/bin/llama-bench
 """
 
 from __future__ import annotations

@@ -99,7 +99,8 @@ def table(results: dict) -> str:
 
 
 def _llamacpp_row(name: str, conf: dict, ours: float | None) -> list[str]:
-    """Our decode against llama.cpp's (its llama-bench, same language model and depth, same rounds)."""
+    """Our decode against llama.cpp's (its llama-bench, same language model and depth, same
+    rounds): the medians' ratio, judged, and each round's (ours, then llama.cpp right after)."""
     runs = [r for r in conf["runs"] if r["kind"] == "llamacpp" and r["rc"] == 0 and r.get("decode_tps")]
     if not runs:
         return []
@@ -107,10 +108,14 @@ def _llamacpp_row(name: str, conf: dict, ours: float | None) -> list[str]:
     n = "" if len(runs) >= 3 else f" (n={len(runs)})"
     label = (f"decode (tokens/s) against llama.cpp F32: llama-bench, {r['new_tokens']} tokens after {r['depth']}, "
              f"{r['threads']} threads (its figure in the peer column)")
-    ratio, verdict = (f"{ours / theirs:.2f}", "PASS" if ours >= LLAMACPP_DECODE * theirs else "**MISS**") if ours \
-        else ("", "n/a")
-    return [f"| {name} | {label} | {'—' if ours is None else f'{ours:.2f}'} | {theirs:.2f}{n} | {ratio} | "
-            f"≥ {LLAMACPP_DECODE}× llama.cpp | {verdict} |"]
+    if not ours:
+        return [f"| {name} | {label} | — | {theirs:.2f}{n} |  | ≥ {LLAMACPP_DECODE}× llama.cpp | n/a |"]
+    by_round = {o["round"]: _value(o, "decode", None, 0) for o in conf["runs"] if o["impl"] == "ours"
+                and o["kind"] == "worker"}
+    rounds = ", ".join(f"{by_round[lr['round']] / lr['decode_tps']:.2f}" for lr in runs if by_round.get(lr.get("round")))
+    verdict = "PASS" if ours >= LLAMACPP_DECODE * theirs else "**MISS**"
+    return [f"| {name} | {label} | {ours:.2f} | {theirs:.2f}{n} | {ours / theirs:.2f}"
+            + (f" (rounds: {rounds})" if rounds else "") + f" | ≥ {LLAMACPP_DECODE}× llama.cpp | {verdict} |"]
 
 
 def quantized_vs_float(results: dict) -> list[str]:

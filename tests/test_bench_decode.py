@@ -74,11 +74,13 @@ def test_llamacpp_row_compares_our_median_decode():
     def run(kind, impl, **kw):
         return {"rc": 0, "kind": kind, "impl": impl, **kw}
 
-    conf = {"lm_bytes": 1e9, "runs": [run("worker", "ours", warm={"decode_tps": 9.0}),
-                                      run("llamacpp", "llama.cpp", decode_tps=10.0, new_tokens=50, depth=281, threads=2),
-                                      run("worker", "ours", warm={"decode_tps": 7.0}),
-                                      run("llamacpp", "llama.cpp", decode_tps=11.0, new_tokens=50, depth=281, threads=2)]}
+    llama = dict(new_tokens=50, depth=281, threads=2)
+    conf = {"lm_bytes": 1e9, "runs": [run("worker", "ours", round=1, warm={"decode_tps": 9.0}),
+                                      run("cold", "ours", round=1, wall_s=9.0, child_maxrss_mb=900.0),
+                                      run("llamacpp", "llama.cpp", round=1, decode_tps=10.0, **llama),
+                                      run("worker", "ours", round=2, warm={"decode_tps": 7.0}),
+                                      run("llamacpp", "llama.cpp", round=2, decode_tps=11.0, **llama)]}
     text = report.table({"bandwidth": [], "configs": {"f32-512": conf}})
     row = [ln for ln in text.splitlines() if "llama.cpp F32" in ln]
     assert len(row) == 1 and "50 tokens after 281, 2 threads" in row[0]
-    assert row[0].endswith("| 8.00 | 10.50 (n=2) | 0.76 | ≥ 0.8× llama.cpp | **MISS** |")
+    assert row[0].endswith("| 8.00 | 10.50 (n=2) | 0.76 (rounds: 0.90, 0.64) | ≥ 0.8× llama.cpp | **MISS** |")
