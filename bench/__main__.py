@@ -14,8 +14,9 @@ configuration and round runs, each in a fresh process, alternating ours/peer:
   llamacpp  with --llama-bench, for float32 LFM2-VL: llama.cpp's own llama-bench
           decoding the same language model (an F32 GGUF of it) after as many
           context tokens as our prompt had (bench.llamacpp).
-Memory bandwidth is measured at the start and the end (bench.bandwidth); the
-decode bound is best read GB/s / LM bytes per token. On Linux CPUs both sides'
+Memory bandwidth is measured at the start and the end (bench.bandwidth), and
+in each worker right after its decode; the decode bound is best read GB/s / LM
+bytes per token. On Linux CPUs both sides'
 children get the same BLAS (--blas) via LD_PRELOAD. Writes bench/RESULTS.md (machine,
 commands, median table with ours/peer ratios and PASS/MISS per target, raw
 rounds) and bench/RESULTS.json.
