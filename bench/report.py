@@ -108,14 +108,16 @@ def _llamacpp_row(name: str, conf: dict, ours: float | None) -> list[str]:
     n = "" if len(runs) >= 3 else f" (n={len(runs)})"
     label = (f"decode (tokens/s) against llama.cpp F32: llama-bench, {r['new_tokens']} tokens after {r['depth']}, "
              f"{r['threads']} threads (its figure in the peer column)")
-    if not ours:
-        return [f"| {name} | {label} | — | {theirs:.2f}{n} |  | ≥ {LLAMACPP_DECODE}× llama.cpp | n/a |"]
-    by_round = {o["round"]: _value(o, "decode", None, 0) for o in conf["runs"] if o["impl"] == "ours"
-                and o["kind"] == "worker"}
-    rounds = ", ".join(f"{by_round[lr['round']] / lr['decode_tps']:.2f}" for lr in runs if by_round.get(lr.get("round")))
-    verdict = "PASS" if ours >= LLAMACPP_DECODE * theirs else "**MISS**"
-    return [f"| {name} | {label} | {ours:.2f} | {theirs:.2f}{n} | {ours / theirs:.2f}"
-            + (f" (rounds: {rounds})" if rounds else "") + f" | ≥ {LLAMACPP_DECODE}× llama.cpp | {verdict} |"]
+    ratio = ""
+    if ours:
+        by_round = {o["round"]: _value(o, "decode", None, conf["lm_bytes"]) for o in conf["runs"]
+                    if o["impl"] == "ours" and o["kind"] == "worker"}
+        rounds = ", ".join(f"{by_round[lr['round']] / lr['decode_tps']:.2f}" for lr in runs
+                           if by_round.get(lr.get("round")))
+        ratio = f"{ours / theirs:.2f}" + (f" (rounds: {rounds})" if rounds else "")
+    _, verdict = _judge(("ratio_ge", LLAMACPP_DECODE), ours, theirs)
+    return [f"| {name} | {label} | {'—' if ours is None else f'{ours:.2f}'} | {theirs:.2f}{n} | {ratio} | "
+            f"≥ {LLAMACPP_DECODE}× llama.cpp | {verdict} |"]
 
 
 def quantized_vs_float(results: dict) -> list[str]:
