@@ -1,12 +1,16 @@
 """Several prompts at once. Decoding one token streams every weight, so decoding
 a token for many rows in the same step costs little more than for one.
 
-Each waiting prompt is processed alone (its vision pass shared with the others
-admitted at the same time: views of one shape go through the encoder
-together), prefilled alone (prompt processing is compute-bound: batching it
-gains little), and its caches then join the running batch (batch_cache.py). A
-row that finishes leaves the batch and a waiting prompt takes its slot
-(continuous batching). Each row's tokens are those of the prompt run alone
+Prompts admitted at the same time share their vision pass (views of one shape
+go through the encoder together) and their prefill: up to PACK_TOKENS prompt
+rows are packed into one sequence whose row-wise products run at once, while
+each prompt's convolutions and attention see only its own rows and caches
+(`packed_hidden`). Prompt processing is compute-bound and the CPU's matrix
+products run faster on more rows: eight prompts of 74-281 tokens (1,281 in
+all, 450M float32, 2-core x86) took 13.7-15.3 s one after another and
+12.4-13.3 s in two packs (1.08-1.15x, 3 runs). Each row's caches then join the running batch
+(batch_cache.py). A row that finishes leaves the batch and a waiting prompt
+takes its slot (continuous batching). Each row's tokens are those of the prompt run alone
 through `generate`: attention padding is masked out and conv states never see
 it.
 
@@ -27,8 +31,8 @@ import mlx.core as mx
 import numpy as np
 
 from .batch_cache import BatchKVCache, batch_caches
-from .batch_memory import auto_batch_size
-from .generate import Response, prefill
+from .batch_memory import PACK_TOKENS, auto_batch_size
+from .generate import Response, prefill, prefill_packed
 from .options import ImageOptions, SamplingOptions
 from .processor import StreamingDetokenizer, image_inputs
 from .sample import apply_repetition_penalty, prompt_seen, sample
@@ -139,6 +143,20 @@ def image_features(model, inputs: list[dict]) -> list[mx.array | None]:
     return out
 
 
+def _packs(lengths: list[int], most: int) -> list[list[int]]:
+    """Consecutive prompts (indices) grouped for one packed prefill each, a group's
+    lengths summing to at most `most` (a longer prompt alone)."""
+    groups: list[list[int]] = []
+    total = most
+    for i, n in enumerate(lengths):
+        if total + n > most:
+            groups.append([])
+            total = 0
+        groups[-1].append(i)
+        total += n
+    return groups
+
+
 def _each(value) -> Iterable:
     """A per-prompt sequence as given, or one value for every prompt."""
     return itertools.repeat(value) if value is None or isinstance(value, (int, str)) else value
@@ -204,27 +222,35 @@ def stream_batch_generate(model, processor, prompts: str | Sequence[str], images
                                        batch.lm.embed(mx.array([[0]])).dtype.size)
             features = image_features(model, inputs)
             rows, caches, firsts, seens, keys = [], [], [], [], []
+            embeds, starts = [], []
             for (index, (_, _, limit)), x, f in zip(taken, inputs, features):
                 if limit < 1:
                     raise ValueError(f"max_tokens must be at least 1, got {limit} for prompt {index}")
-                cache = batch.lm.make_cache()
                 ids = mx.array(x["input_ids"])
-                embeds = model.get_input_embeddings(ids) if f is None else model.get_input_embeddings(
-                    ids, image_features=f)
-                seen, key = batch.start_row(x["input_ids"])
-                key_list = [key]
-                y, seen = batch.choose(prefill(model, embeds, cache, prefill_step_size), seen, key_list)
-                mx.eval(y)
-                row = _Row(index, x["input_ids"].shape[1], limit, time.perf_counter() - tic,
-                           StreamingDetokenizer(processor))
-                response, done = respond(row, y.item())
-                yield index, response
-                if not done:
-                    rows.append(row)
-                    caches.append(cache)
-                    firsts.append(y)
-                    seens.append(seen)
-                    keys.append(key_list[0])
+                embeds.append(model.get_input_embeddings(ids) if f is None else model.get_input_embeddings(
+                    ids, image_features=f))
+                starts.append(batch.start_row(x["input_ids"]))
+            for group in _packs([e.shape[1] for e in embeds], PACK_TOKENS):
+                group_caches = [batch.lm.make_cache() for _ in group]
+                if len(group) == 1:  # alone, in chunks of prefill_step_size
+                    logits = prefill(model, embeds[group[0]], group_caches[0], prefill_step_size)
+                else:
+                    logits = prefill_packed(model, [embeds[i] for i in group], group_caches)
+                for j, (i, cache) in enumerate(zip(group, group_caches)):
+                    (index, (_, _, limit)), x, (seen, key) = taken[i], inputs[i], starts[i]
+                    key_list = [key]
+                    y, seen = batch.choose(logits[j:j + 1], seen, key_list)
+                    mx.eval(y)
+                    row = _Row(index, x["input_ids"].shape[1], limit, time.perf_counter() - tic,
+                               StreamingDetokenizer(processor))
+                    response, done = respond(row, y.item())
+                    yield index, response
+                    if not done:
+                        rows.append(row)
+                        caches.append(cache)
+                        firsts.append(y)
+                        seens.append(seen)
+                        keys.append(key_list[0])
             if rows:
                 batch.join(rows, caches, firsts, seens, keys)
             if len(batch.rows) < (size or 1) and not exhausted:

@@ -1,9 +1,9 @@
 """How many rows a decoding batch may hold, from the memory left after the weights.
 
-The rule: half of the available memory, less one image's vision pass and prefill
-(rows are admitted one image at a time), divided by what one row holds until it
-finishes: its attention keys and values for prompt + max_tokens positions, and
-its logits and sampling temporaries. At most MAX_AUTO rows (past that a CPU
+The rule: half of the available memory, less one image's vision pass and a
+prefill of up to PACK_TOKENS rows (prompts admitted together are prefilled
+packed), divided by what one row holds until it finishes: its attention keys and
+values for prompt + max_tokens positions, and its logits and sampling temporaries. At most MAX_AUTO rows (past that a CPU
 step is compute-bound and gains nothing; a GPU gains little more).
 Available memory: `memory.available_memory`.
 """
@@ -13,6 +13,7 @@ from __future__ import annotations
 from .memory import available_memory
 
 MAX_AUTO = 16
+PACK_TOKENS = 1024  # prompts prefilled together hold at most this many rows (batch.py)
 
 
 class BatchMemoryError(MemoryError):
@@ -36,10 +37,11 @@ def row_bytes(model, prompt_tokens: int, max_tokens: int, itemsize: int) -> int:
     return layers * 2 * kv_width * positions * itemsize + 4 * vocab * 4
 
 
-def one_image_bytes(model, inputs: dict, itemsize: int) -> int:
+def one_image_bytes(model, inputs: dict, itemsize: int, prompt_tokens: int = 0) -> int:
     """The vision pass and prefill of one processor output: the encoder's attention
     scores for up to four views at once and its activations, and the prompt's
-    activations through the language model (the widest layer, a few arrays)."""
+    activations through the language model (the widest layer, a few arrays), for at
+    least `prompt_tokens` rows (a packed prefill's)."""
     v = model.config.vision_config
     pixels = inputs.get("pixel_values")
     vision = 0
@@ -54,7 +56,7 @@ def one_image_bytes(model, inputs: dict, itemsize: int) -> int:
         vision = (at_once * v.num_attention_heads * patches**2 * 4
                   + at_once * patches * v.intermediate_size * itemsize * 3)
     _, _, hidden, vocab = _text_sizes(model)
-    tokens = inputs["input_ids"].shape[1]
+    tokens = max(inputs["input_ids"].shape[1], prompt_tokens)
     ff = getattr(model.config.text_config, "ff_dim", None) or model.config.text_config.intermediate_size
     return vision + tokens * (3 * ff + 6 * hidden) * itemsize + vocab * 4
 
@@ -63,11 +65,11 @@ def auto_batch_size(model, inputs: dict, max_tokens: int, itemsize: int, availab
     """The batch size for rows like `inputs` (one processor output) by the rule above;
     BatchMemoryError when one such row does not fit."""
     available = available_memory() if available is None else available
-    budget = available // 2 - one_image_bytes(model, inputs, itemsize)
     per_row = row_bytes(model, inputs["input_ids"].shape[1], max_tokens, itemsize)
-    if budget < per_row:
+    if available // 2 - one_image_bytes(model, inputs, itemsize) < per_row:
         need = (one_image_bytes(model, inputs, itemsize) + per_row) * 2
         raise BatchMemoryError(f"one image needs about {need / 2**20:.0f} MB with its caption but only "
                                f"{available / 2**20:.0f} MB is available (fewer image tokens or max_tokens "
                                f"need less)")
+    budget = available // 2 - one_image_bytes(model, inputs, itemsize, PACK_TOKENS)  # several rows: packed
     return max(1, min(MAX_AUTO, budget // per_row))

@@ -44,6 +44,15 @@ def prefill(model, embeddings: mx.array, cache: list, step: int = 512) -> mx.arr
     return model.language_model(embeddings[:, -1:], cache)[:, -1]
 
 
+def prefill_packed(model, embeddings: list[mx.array], caches: list[list]) -> mx.array:
+    """Several prompts (1, L_i, D) through the LM in one packed pass, each into its own
+    cache (`packed_hidden`); logits (n, vocab) of each prompt's last position."""
+    lm = model.language_model
+    lengths = [e.shape[1] for e in embeddings]
+    h = lm.packed_hidden(mx.concatenate(embeddings, axis=1), lengths, caches)  # (1, ΣL, D)
+    return lm.head(h[0, mx.array(np.cumsum(lengths) - 1)])
+
+
 def embed_prompt(model, inputs: dict[str, np.ndarray], cache: list, step: int,
                  prompt_cache: PromptCache | None = None) -> mx.array:
     """The embeddings of the prompt tokens still to be run (at least one). With a

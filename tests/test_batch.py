@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 
 from mlx_vlm_port import batch_generate, stream_batch_generate, stream_generate
-from mlx_vlm_port.batch import Batch, _Row, image_features
+from mlx_vlm_port.batch import Batch, _packs, _Row, image_features
 from mlx_vlm_port.batch_memory import MAX_AUTO, BatchMemoryError, auto_batch_size
-from mlx_vlm_port.generate import prefill
+from mlx_vlm_port.generate import prefill, prefill_packed
 from mlx_vlm_port.options import SamplingOptions
 from mlx_vlm_port.processor import StreamingDetokenizer
 from tests.images import synthetic_image
@@ -136,6 +136,38 @@ def test_logits_match_alone_within_1e_4(family):
     assert fed == {0: 4, 1: steps, 2: steps}
 
 
+def _state(cache) -> list:
+    """A layer cache's contents as numpy arrays and ints (its snapshot)."""
+    return [np.array(a) if isinstance(a, mx.array) else a for a in cache.snapshot()]
+
+
+def test_packed_prefill_equals_each_prompt_alone(family):
+    """Prompts of different lengths packed into one prefill: each one's last logits and
+    every layer cache (keys, values, conv state, offset) equal its prefill alone's, so no
+    row saw another prompt's rows through a convolution or attention."""
+    model, processor, prompt, images = family
+    lm = model.language_model
+    inputs = [processor(prompt, [im], return_numpy=True) for im in images[:4]]
+    embeds = [model.get_input_embeddings(mx.array(x["input_ids"]), image_features=f)
+              for x, f in zip(inputs, image_features(model, inputs))]
+    assert len({e.shape[1] for e in embeds}) >= 3
+    caches = [lm.make_cache() for _ in embeds]
+    logits = np.array(prefill_packed(model, embeds, caches))
+    assert logits.shape == (len(embeds), model.config.text_config.vocab_size)
+    for i, e in enumerate(embeds):
+        cache = lm.make_cache()
+        want = np.array(prefill(model, e, cache)[0])
+        np.testing.assert_allclose(logits[i], want, rtol=0, atol=1e-4 * np.abs(want).max())
+        for packed, alone in zip(caches[i], cache):
+            for got, expected in zip(_state(packed), _state(alone)):
+                np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-5)
+
+
+def test_prompts_pack_in_order_up_to_the_limit():
+    assert _packs([300, 500, 224, 400, 2000, 10, 5], 1024) == [[0, 1, 2], [3], [4], [5, 6]]
+    assert _packs([], 1024) == []
+
+
 def test_vision_views_together_equal_one_at_a_time(family):
     model, processor, prompt, images = family
     inputs = [processor(prompt, [im], return_numpy=True) for im in images]
@@ -151,9 +183,9 @@ def test_automatic_batch_size_follows_the_available_memory(tiny):
     with pytest.raises(BatchMemoryError, match="one image needs about"):
         auto_batch_size(model, x, 64, 4, available=1 << 16)
     least = next(a for a in (1 << n for n in range(16, 40)) if _fits(model, x, a))
-    sizes = [auto_batch_size(model, x, 64, 4, available=least * k) for k in (1, 2, 4, 1 << 20)]
-    assert sizes[0] >= 1 and sizes == sorted(sizes) and sizes[1] > sizes[0] and sizes[-1] == MAX_AUTO
-    assert auto_batch_size(model, x, 4096, 4, available=least * 2) < sizes[1]  # longer captions, fewer rows
+    sizes = [auto_batch_size(model, x, 64, 4, available=least * k) for k in (1, 4, 8, 1 << 20)]
+    assert sizes[0] >= 1 and sizes == sorted(sizes) and sizes[1] > 1 and sizes[-1] == MAX_AUTO
+    assert auto_batch_size(model, x, 4096, 4, available=least * 4) < sizes[1]  # longer captions, fewer rows
 
 
 def _fits(model, x, available) -> bool:

@@ -35,3 +35,13 @@ def drop_tied_head(weights: dict, tied: bool) -> dict:
         for suffix in ("weight", "scales", "biases"):
             weights.pop(f"language_model.lm_head.{suffix}", None)
     return weights
+
+
+def per_prompt(fn, arrays: tuple, lengths: list[int], caches: list) -> mx.array:
+    """fn(*rows, cache) on each prompt's rows of `arrays` (1, ΣL, ·), packed prompt after
+    prompt (`lengths`), with that prompt's cache; the results joined along L again."""
+    parts, start = [], 0
+    for n, cache in zip(lengths, caches, strict=True):
+        parts.append(fn(*(a[:, start:start + n] for a in arrays), cache))
+        start += n
+    return mx.concatenate(parts, axis=1)

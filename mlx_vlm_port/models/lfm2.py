@@ -9,6 +9,7 @@ import mlx.nn as nn
 
 from ..config import known_fields
 from .cache import KVCache, causal_mask
+from .common import per_prompt
 
 
 @dataclass
@@ -93,19 +94,28 @@ class Attention(nn.Module):
         self.k_layernorm = nn.RMSNorm(hd, eps=c.norm_eps)
 
     def __call__(self, x: mx.array, cache: KVCache | None, mask: mx.array | None = None) -> mx.array:
-        B, L, _ = x.shape
+        return self.out_proj(self.mix(self.q_proj(x), self.k_proj(x), self.v_proj(x), cache, mask))
+
+    def packed(self, x: mx.array, lengths: list[int], caches: list) -> mx.array:
+        """Several prompts' rows packed along L, each attending only to itself and its own cache."""
+        return self.out_proj(per_prompt(self.mix, (self.q_proj(x), self.k_proj(x), self.v_proj(x)), lengths, caches))
+
+    def mix(self, q: mx.array, k: mx.array, v: mx.array, cache: KVCache | None,
+            mask: mx.array | None = None) -> mx.array:
+        """Projected q, k, v (B, L, ·) → the attention's output (B, L, heads·hd) before out_proj."""
+        B, L, _ = q.shape
         offset = cache.offset if cache is not None else 0  # a batch cache gives one offset per row
         # (B, L, heads·hd) -> (B, heads, L, hd), per-head RMSNorm before RoPE
-        q = self.q_layernorm(self.q_proj(x).reshape(B, L, self.n_heads, -1)).transpose(0, 2, 1, 3)
-        k = self.k_layernorm(self.k_proj(x).reshape(B, L, self.n_kv, -1)).transpose(0, 2, 1, 3)
-        v = self.v_proj(x).reshape(B, L, self.n_kv, -1).transpose(0, 2, 1, 3)
+        q = self.q_layernorm(q.reshape(B, L, self.n_heads, -1)).transpose(0, 2, 1, 3)
+        k = self.k_layernorm(k.reshape(B, L, self.n_kv, -1)).transpose(0, 2, 1, 3)
+        v = v.reshape(B, L, self.n_kv, -1).transpose(0, 2, 1, 3)
         q = mx.fast.rope(q, self.head_dim, traditional=False, base=self.rope_theta, scale=1.0, offset=offset)
         k = mx.fast.rope(k, self.head_dim, traditional=False, base=self.rope_theta, scale=1.0, offset=offset)
         if cache is not None:
             k, v = cache.update_and_fetch(k, v)
         mask = causal_mask(L, offset) if mask is None else mask
         o = mx.fast.scaled_dot_product_attention(q, k, v, scale=self.scale, mask=mask)
-        return self.out_proj(o.transpose(0, 2, 1, 3).reshape(B, L, -1))
+        return o.transpose(0, 2, 1, 3).reshape(B, L, -1)
 
 
 class ShortConv(nn.Module):
@@ -120,8 +130,16 @@ class ShortConv(nn.Module):
         self.out_proj = nn.Linear(d, d, bias=c.conv_bias)
 
     def __call__(self, x: mx.array, cache: ConvCache | None) -> mx.array:
-        B, L, D = x.shape
-        b, c, h = mx.split(self.in_proj(x), 3, axis=-1)
+        return self.out_proj(self.mix(self.in_proj(x), cache))
+
+    def packed(self, x: mx.array, lengths: list[int], caches: list) -> mx.array:
+        """Several prompts' rows packed along L, each convolved only with itself and its own state."""
+        return self.out_proj(per_prompt(self.mix, (self.in_proj(x),), lengths, caches))
+
+    def mix(self, bch: mx.array, cache: ConvCache | None) -> mx.array:
+        """in_proj's output (B, L, 3·D) → the gated convolution (B, L, D) before out_proj."""
+        B, L, D = bch.shape[0], bch.shape[1], bch.shape[2] // 3
+        b, c, h = mx.split(bch, 3, axis=-1)
         bx = b * h
         state = cache.state if cache is not None and cache.state is not None else \
             mx.zeros((B, self.kernel - 1, D), bx.dtype)
@@ -133,7 +151,7 @@ class ShortConv(nn.Module):
         if cache is not None:
             cache.state = padded[:, -(self.kernel - 1):]
             cache.offset += L
-        return self.out_proj(c * y)
+        return c * y
 
 
 class MLP(nn.Module):
@@ -166,6 +184,11 @@ class DecoderLayer(nn.Module):
             x = x + self.conv(self.operator_norm(x), cache)
         return x + self.feed_forward(self.ffn_norm(x))
 
+    def packed(self, x: mx.array, lengths: list[int], caches: list) -> mx.array:
+        mixer = self.self_attn if self.is_attention else self.conv
+        x = x + mixer.packed(self.operator_norm(x), lengths, caches)
+        return x + self.feed_forward(self.ffn_norm(x))
+
 
 class LFM2Model(nn.Module):
     def __init__(self, c: TextConfig):
@@ -178,6 +201,12 @@ class LFM2Model(nn.Module):
         h = embeddings
         for i, layer in enumerate(self.layers):
             h = layer(h, cache[i] if cache is not None else None, mask)
+        return self.embedding_norm(h)
+
+    def packed(self, embeddings: mx.array, lengths: list[int], caches: list[list]) -> mx.array:
+        h = embeddings
+        for i, layer in enumerate(self.layers):
+            h = layer.packed(h, lengths, [c[i] for c in caches])
         return self.embedding_norm(h)
 
 
@@ -199,6 +228,13 @@ class LanguageModel(nn.Module):
         """embeddings (B, L, D) → final hidden states (B, L, D), filling `cache`; `mask`
         (attention layers' keys to see) defaults to causal."""
         return self.model(embeddings, cache, mask)
+
+    def packed_hidden(self, embeddings: mx.array, lengths: list[int], caches: list[list]) -> mx.array:
+        """Several prompts' embeddings packed along L (1, ΣL, D), prompt i's `lengths[i]`
+        rows with its own layer caches `caches[i]` → final hidden states (1, ΣL, D).
+        As `hidden` on each prompt alone, but every row-wise product (projections,
+        MLPs) runs on all rows at once: larger matrix products use the CPU better."""
+        return self.model.packed(embeddings, lengths, caches)
 
     def head(self, h: mx.array) -> mx.array:
         if "lm_head" in self:

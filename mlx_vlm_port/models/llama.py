@@ -13,6 +13,7 @@ import mlx.nn as nn
 
 from ..config import known_fields
 from .cache import KVCache, causal_mask
+from .common import per_prompt
 
 
 @dataclass
@@ -65,18 +66,27 @@ class Attention(nn.Module):
                             offset=offset)
 
     def __call__(self, x: mx.array, cache: KVCache | None, mask: mx.array | None = None) -> mx.array:
-        B, L, _ = x.shape
+        return self.o_proj(self.mix(self.q_proj(x), self.k_proj(x), self.v_proj(x), cache, mask))
+
+    def packed(self, x: mx.array, lengths: list[int], caches: list) -> mx.array:
+        """Several prompts' rows packed along L, each attending only to itself and its own cache."""
+        return self.o_proj(per_prompt(self.mix, (self.q_proj(x), self.k_proj(x), self.v_proj(x)), lengths, caches))
+
+    def mix(self, q: mx.array, k: mx.array, v: mx.array, cache: KVCache | None,
+            mask: mx.array | None = None) -> mx.array:
+        """Projected q, k, v (B, L, ·) → the attention's output (B, L, heads·hd) before o_proj."""
+        B, L, _ = q.shape
         offset = cache.offset if cache is not None else 0  # a batch cache gives one offset per row
         # (B, L, heads·hd) -> (B, heads, L, hd)
-        q = self.q_proj(x).reshape(B, L, self.n_heads, -1).transpose(0, 2, 1, 3)
-        k = self.k_proj(x).reshape(B, L, self.n_kv, -1).transpose(0, 2, 1, 3)
-        v = self.v_proj(x).reshape(B, L, self.n_kv, -1).transpose(0, 2, 1, 3)
+        q = q.reshape(B, L, self.n_heads, -1).transpose(0, 2, 1, 3)
+        k = k.reshape(B, L, self.n_kv, -1).transpose(0, 2, 1, 3)
+        v = v.reshape(B, L, self.n_kv, -1).transpose(0, 2, 1, 3)
         q, k = self.rope(q, offset), self.rope(k, offset)
         if cache is not None:
             k, v = cache.update_and_fetch(k, v)
         mask = causal_mask(L, offset) if mask is None else mask
         o = mx.fast.scaled_dot_product_attention(q, k, v, scale=self.scale, mask=mask)
-        return self.o_proj(o.transpose(0, 2, 1, 3).reshape(B, L, -1))
+        return o.transpose(0, 2, 1, 3).reshape(B, L, -1)
 
 
 class MLP(nn.Module):
@@ -102,6 +112,10 @@ class DecoderLayer(nn.Module):
         x = x + self.self_attn(self.input_layernorm(x), cache, mask)
         return x + self.mlp(self.post_attention_layernorm(x))
 
+    def packed(self, x: mx.array, lengths: list[int], caches: list) -> mx.array:
+        x = x + self.self_attn.packed(self.input_layernorm(x), lengths, caches)
+        return x + self.mlp(self.post_attention_layernorm(x))
+
 
 class LanguageModel(nn.Module):
     def __init__(self, config: TextConfig):
@@ -125,6 +139,13 @@ class LanguageModel(nn.Module):
         h = embeddings
         for i, layer in enumerate(self.layers):
             h = layer(h, cache[i] if cache is not None else None, mask)
+        return self.norm(h)
+
+    def packed_hidden(self, embeddings: mx.array, lengths: list[int], caches: list[list]) -> mx.array:
+        """Several prompts packed along L (1, ΣL, D), each with its own caches: as lfm2's."""
+        h = embeddings
+        for i, layer in enumerate(self.layers):
+            h = layer.packed(h, lengths, [c[i] for c in caches])
         return self.norm(h)
 
     def head(self, h: mx.array) -> mx.array:
