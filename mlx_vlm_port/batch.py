@@ -85,7 +85,7 @@ class Batch:
         return y, seen
 
     def join(self, rows: list[_Row], caches: list[list], tokens: list[mx.array], seen: list, keys: list) -> None:
-        """Add rows prefilled alone: their layer caches, first tokens (1,) and sampling state."""
+        """Add prefilled rows: their own (batch 1) layer caches, first tokens (1,) and sampling state."""
         if not self.caches:
             self.caches = batch_caches(caches[0])
         for layer, batch_cache in enumerate(self.caches):

@@ -1,4 +1,4 @@
-"""The layer caches of a decoding batch, built from rows prefilled alone.
+"""The layer caches of a decoding batch, built from rows prefilled into caches of their own.
 
 Attention: the rows' keys and values side by side, each row left-padded to the
 longest; the padded keys are masked out (`mask`) and each row's RoPE position
@@ -59,7 +59,7 @@ class BatchKVCache:
         return (keys >= mx.array(self.pad)[:, None])[:, None, None, :]
 
     def join(self, rows: list[KVCache]) -> None:
-        """Append rows, each prefilled alone (batch 1), re-padding everyone to the longest."""
+        """Append rows, each with its own caches (batch 1), re-padding everyone to the longest."""
         parts = [] if self.keys is None else [(self.keys[..., : self.end, :], self.values[..., : self.end, :],
                                               self.pad)]
         parts += [(c.keys[..., : c.offset, :], c.values[..., : c.offset, :], [0]) for c in rows]

@@ -2,9 +2,10 @@
 
 The rule: half of the available memory, less one image's vision pass and a
 prefill of up to PACK_TOKENS rows (prompts admitted together are prefilled
-packed), divided by what one row holds until it finishes: its attention keys and
-values for prompt + max_tokens positions, and its logits and sampling temporaries. At most MAX_AUTO rows (past that a CPU
-step is compute-bound and gains nothing; a GPU gains little more).
+packed), divided by what one row holds until it finishes: its attention keys
+and values for prompt + max_tokens positions, and its logits and sampling
+temporaries. At most MAX_AUTO rows (past that a CPU step is compute-bound and
+gains nothing; a GPU gains little more).
 Available memory: `memory.available_memory`.
 """
 
