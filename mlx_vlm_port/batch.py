@@ -8,11 +8,11 @@ each prompt's convolutions and attention see only its own rows and caches
 (`packed_hidden`). Prompt processing is compute-bound and the CPU's matrix
 products run faster on more rows: eight prompts of 74-281 tokens (1,281 in
 all, 450M float32, 2-core x86) took 13.7-15.3 s one after another and
-12.4-13.3 s in two packs (1.08-1.15x, 3 runs). Each row's caches then join the running batch
-(batch_cache.py). A row that finishes leaves the batch and a waiting prompt
-takes its slot (continuous batching). Each row's tokens are those of the prompt run alone
-through `generate`: attention padding is masked out and conv states never see
-it.
+12.4-13.3 s in two packs (1.08-1.15x, 3 runs). Each row's caches then join
+the running batch (batch_cache.py). A row that finishes leaves the batch and a
+waiting prompt takes its slot (continuous batching). Each row's tokens are
+those of the prompt run alone through `generate`: attention padding is masked
+out and conv states never see it.
 
 Seeds: with a seed and temperature > 0 every row draws from its own generator
 seeded with it, so a row's text is `generate(..., seed=seed)`'s for that prompt
