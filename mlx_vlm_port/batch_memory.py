@@ -67,8 +67,9 @@ def auto_batch_size(model, inputs: dict, max_tokens: int, itemsize: int, availab
     BatchMemoryError when one such row does not fit."""
     available = available_memory() if available is None else available
     per_row = row_bytes(model, inputs["input_ids"].shape[1], max_tokens, itemsize)
-    if available // 2 - one_image_bytes(model, inputs, itemsize) < per_row:
-        need = (one_image_bytes(model, inputs, itemsize) + per_row) * 2
+    alone = one_image_bytes(model, inputs, itemsize)
+    if available // 2 - alone < per_row:
+        need = (alone + per_row) * 2
         raise BatchMemoryError(f"one image needs about {need / 2**20:.0f} MB with its caption but only "
                                f"{available / 2**20:.0f} MB is available (fewer image tokens or max_tokens "
                                f"need less)")
