@@ -38,9 +38,12 @@ def candidates() -> list[str]:
 
 
 def _optimised_blas_mapped() -> bool:
+    """Whether a BLAS MLX can bind to is mapped: numpy's bundled OpenBLAS does not
+    count (its symbols are renamed, scipy_cblas_sgemm64_, so MLX never uses it)."""
     try:
         with open("/proc/self/maps") as f:
-            return any(name in line for line in f for name in ("openblas", "mkl_rt", "blis"))
+            return any(name in line and "scipy_openblas" not in line
+                       for line in f for name in ("openblas", "mkl_rt", "blis"))
     except OSError:
         return True  # cannot tell: stay quiet
 

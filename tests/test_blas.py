@@ -30,9 +30,11 @@ def test_can_be_turned_off():
     assert run({"MLX_VLM_PORT_NO_BLAS": "1"}) == ["None", "False"]
 
 
-def test_too_late_once_mlx_is_imported_says_so():
-    code = "import mlx.core; import mlx_vlm_port; print(mlx_vlm_port._blas.loaded)"
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+@pytest.mark.parametrize("first", ["mlx.core", "numpy, mlx.core"])  # numpy maps its own OpenBLAS, unusable by MLX
+def test_too_late_once_mlx_is_imported_says_so(first):
+    code = f"import {first}; import mlx_vlm_port; print(mlx_vlm_port._blas.loaded)"
+    env = {k: v for k, v in os.environ.items() if k != "LD_PRELOAD"}
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "None"
     if _blas.candidates():
         assert "import mlx_vlm_port first" in out.stderr
