@@ -6,6 +6,7 @@ the menubar's presets all read them from these two dataclasses."""
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass, field
 
 
@@ -28,11 +29,11 @@ class Spec:
     def what(self) -> str:
         if self.kind is bool:
             return "true or false"
-        noun = "a whole number" if self.kind is int else "a number"
+        noun, fmt = ("a whole number", "d") if self.kind is int else ("a number", "g")
         if self.low is not None and self.high is not None:
-            return f"{noun} in {'(' if self.strict_low else '['}{self.low:g}, {self.high:g}]"
+            return f"{noun} in {'(' if self.strict_low else '['}{self.low:{fmt}}, {self.high:{fmt}}]"
         if self.low is not None:
-            return f"{noun} {'>' if self.strict_low else '>='} {self.low:g}"
+            return f"{noun} {'>' if self.strict_low else '>='} {self.low:{fmt}}"
         return noun
 
     def check(self, value):
@@ -41,6 +42,8 @@ class Spec:
         if self.kind is float and isinstance(value, int) and not isinstance(value, bool):
             value, ok = float(value), True
         if ok and self.kind is not bool:
+            if not math.isfinite(value):  # NaN passes every comparison below
+                ok = False
             if self.low is not None and (value <= self.low if self.strict_low else value < self.low):
                 ok = False
             if self.high is not None and value > self.high:
@@ -107,7 +110,7 @@ class SamplingOptions(_Checked):
     min_p: float = _option(0.15, float, "drop tokens less likely than this times the top one", low=0, high=1)
     repetition_penalty: float = _option(1.05, float, "penalise tokens already in the text (1 = off)",
                                         low=0, strict_low=True)
-    seed: int | None = _option(None, int, "seed for reproducible sampling")
+    seed: int | None = _option(None, int, "seed for reproducible sampling", low=0, high=2**64 - 1)  # MLX's: uint64
 
 
 LFM2_VL, IDEFICS3 = ("lfm2_vl",), ("idefics3",)
