@@ -170,7 +170,8 @@ def stream_generate(model, processor, prompt: str, images: list | None = None, *
                     sampling: SamplingOptions | None = None, image_options: ImageOptions | None = None,
                     prompt_cache: PromptCache | None = None, ignore_eos: bool = False,
                     prefill_step_size: int = 2048, json_schema: dict | None = None) -> Iterator[Response]:
-    """Generate from a templated prompt (and its images), one Response per new token.
+    """Generate from a templated prompt (and its images: a list, or one image), one
+    Response per new token.
 
     Sampling: options.SamplingOptions' defaults (the model card's), each keyword
     given winning over `sampling`. Image options: min/max_image_tokens for LFM2-VL,

@@ -45,7 +45,7 @@ def register_heif() -> bool:
 
 
 def load_image(source) -> "PIL.Image.Image":
-    """Open a path, bytes, file object or PIL image as an RGB PIL image.
+    """Open a path, bytes, file object, PIL image or NumPy image as an RGB PIL image.
 
     EXIF orientation is applied; palette, alpha, 16-bit and grayscale images
     become RGB, transparency composited onto white (as the reference does).
@@ -54,6 +54,8 @@ def load_image(source) -> "PIL.Image.Image":
 
     if isinstance(source, Image.Image):
         image = source
+    elif isinstance(source, np.ndarray):
+        image = _from_array(source)
     else:
         if isinstance(source, (bytes, bytearray, memoryview)):
             if len(source) == 0:
@@ -94,6 +96,18 @@ def load_image(source) -> "PIL.Image.Image":
     if image.getexif().get(EXIF_ORIENTATION, 1) != 1:  # exif_transpose copies even when there is nothing to do
         image = ImageOps.exif_transpose(image)
     return to_rgb(image)
+
+
+def _from_array(a: np.ndarray) -> "PIL.Image.Image":
+    """A uint8 (H, W), (H, W, 1), (H, W, 3) RGB or (H, W, 4) RGBA array as a PIL image."""
+    from PIL import Image
+
+    if a.ndim == 3 and a.shape[2] == 1:
+        a = a[..., 0]
+    if a.dtype != np.uint8 or a.ndim not in (2, 3) or (a.ndim == 3 and a.shape[2] not in (3, 4)) or 0 in a.shape:
+        raise ImageError(f"a NumPy image must be uint8 of shape (H, W), (H, W, 3) or (H, W, 4); "
+                         f"got {a.dtype} {a.shape}")
+    return Image.fromarray(np.ascontiguousarray(a))
 
 
 def _rewind(source) -> bool:

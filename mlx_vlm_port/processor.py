@@ -5,6 +5,7 @@ NumPy, PIL and `tokenizers` only; its numbers equal the reference processors'.""
 from __future__ import annotations
 
 import json
+import os
 
 import numpy as np
 
@@ -103,7 +104,7 @@ class Processor:
             max_tiles=max_tiles, use_thumbnail=use_thumbnail, longest_edge=longest_edge,
             do_image_splitting=do_image_splitting)
         options.for_family(self.family.model_type, self.family.label)  # refuses the other family's
-        images = list(images or [])
+        images = _image_list(images)
         pieces = text.split(self.image_token)
         if len(pieces) - 1 != len(images):
             raise ValueError(f"the prompt has {len(pieces) - 1} {self.image_token} tokens "
@@ -114,6 +115,8 @@ class Processor:
             expanded += [placeholder, piece]
             arrays.append(image_arrays)
         encoding = self.tokenizer.encode("".join(expanded), add_special_tokens=self.image_processor.add_special_tokens)
+        if not encoding.ids:
+            raise ValueError("the prompt is empty: there is nothing to generate from")
         out = {"input_ids": np.array([encoding.ids], np.int32)}
         for name in arrays[0] if arrays else ():
             out[name] = np.concatenate([a[name] for a in arrays])
@@ -149,6 +152,17 @@ class StreamingDetokenizer:
         text = self.processor.decode(self.tokens)
         piece, self.tokens, self.emitted = text[len(self.emitted):], [], ""
         return piece
+
+
+def _image_list(images) -> list:
+    """`images` as a list: None → [], one image (a path, bytes, a file, a PIL or NumPy
+    image) → [it]; a path is a string, which must not be read as its characters."""
+    if images is None:
+        return []
+    if isinstance(images, (str, os.PathLike, bytes, bytearray, memoryview, np.ndarray)) \
+            or hasattr(images, "getbands") or hasattr(images, "read"):  # PIL image, file object
+        return [images]
+    return list(images)
 
 
 def _token_str(value, default: str) -> str:

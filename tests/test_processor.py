@@ -113,6 +113,38 @@ def test_prompt_image_count_must_match(tiny):
         processor(prompt, [synthetic_image(8, 8, 1), synthetic_image(8, 8, 2)])
 
 
+def test_one_image_may_be_given_alone_in_any_form(tiny, tmp_path):
+    _, processor = tiny
+    prompt = processor.apply_chat_template(MESSAGES)
+    image = synthetic_image(70, 50, seed=5)
+    path = tmp_path / "one.png"
+    path.write_bytes(png_bytes(image))
+    want = processor(prompt, [image], return_numpy=True)
+    for alone in (image, str(path), path, path.read_bytes(), np.asarray(image), io.BytesIO(path.read_bytes())):
+        got = processor(prompt, alone, return_numpy=True)  # a path string is one image, not its characters
+        assert got.keys() == want.keys() and all(np.array_equal(got[k], want[k]) for k in want)
+
+
+@pytest.mark.parametrize("array", [np.zeros((9, 7, 2), np.uint8), np.zeros((9, 7, 3), np.float32),
+                                   np.zeros((2, 9, 7, 3), np.uint8), np.zeros((0, 7, 3), np.uint8)])
+def test_numpy_images_of_other_shapes_or_types_are_refused(array):
+    with pytest.raises(ImageError, match="uint8 of shape"):
+        load_image(array)
+
+
+def test_numpy_gray_and_rgba_images_load_as_pil_would():
+    rgba = np.random.default_rng(0).integers(0, 256, (6, 5, 4), dtype=np.uint8)
+    assert np.array_equal(np.asarray(load_image(rgba)), np.asarray(load_image(Image.fromarray(rgba))))
+    gray = rgba[..., :1]
+    assert np.array_equal(np.asarray(load_image(gray)), np.asarray(load_image(Image.fromarray(gray[..., 0]))))
+
+
+def test_an_empty_prompt_is_refused_by_name(tiny):
+    _, processor = tiny
+    with pytest.raises(ValueError, match="prompt is empty"):
+        processor("")
+
+
 def test_no_split_gives_one_view_and_fewer_tokens(tiny):
     _, processor = tiny
     prompt = processor.apply_chat_template(MESSAGES)
