@@ -215,8 +215,8 @@ def stream_batch_generate(model, processor, prompts: str | Sequence[str], images
             tic = time.perf_counter()
             taken = list(itertools.islice(waiting, room))
             exhausted = len(taken) < room
-            inputs = [processor(p, [] if im is None else im if isinstance(im, list) else [im],
-                                image_options=image_options, return_numpy=True) for _, (p, im, _) in taken]
+            inputs = [processor(p, im, image_options=image_options, return_numpy=True)  # im: one image or a list
+                      for _, (p, im, _) in taken]
             if size is None and inputs:
                 size = auto_batch_size(model, inputs[0], max(n for _, (_, _, n) in taken),
                                        batch.lm.embed(mx.array([[0]])).dtype.size)
