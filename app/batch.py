@@ -95,16 +95,21 @@ def _records(raw: bytes) -> dict[str, dict]:
 
 class JsonlLog:
     """Append-only results file that survives a crash: one JSON object per line,
-    each flushed and fsynced before the next image starts. A line cut short by a
-    crash is ignored on the next run (and its image redone)."""
+    each flushed and fsynced before the next image starts. A record cut short by a
+    crash is cut off on the next run (its image is redone), so the file stays
+    valid JSON Lines for other tools."""
 
     def __init__(self, path: str | os.PathLike):
         self.path = Path(path)
         raw = self.path.read_bytes() if self.path.exists() else b""
         self.done = set(_records(raw))
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        tail = raw[raw.rfind(b"\n") + 1:]
+        torn = tail.startswith(b'{"path": ') and not _records(tail)  # ours, cut short: nothing else is removed
+        if torn:
+            os.truncate(self.path, len(raw) - len(tail))
         self.file = open(self.path, "a", encoding="utf-8")
-        if raw and not raw.endswith(b"\n"):  # start after the torn line, never glued to it
+        if tail and not torn:  # a last line without its newline: never glue ours to it
             self.file.write("\n")
 
     @staticmethod

@@ -97,7 +97,7 @@ def test_folder_batch_jsonl_resume(photos, tiny_path, tmp_path):
     assert sorted(json.loads(x)["path"] for x in lines) == [str(folder / n) for n in ("a.jpg", "b.png", "c.webp")]
     assert all(set(json.loads(x)) == RECORD_KEYS for x in lines)
 
-    # A crash mid-write leaves a torn last line; the next run ignores it and starts a fresh line.
+    # A crash mid-write leaves a torn last line; the next run cuts it off and redoes its image.
     with open(out, "a") as f:
         f.write('{"path": "' + str(folder / "d.png") + '", "capt')
     synthetic_image(100, 80, 4).save(folder / "d.png")
@@ -105,12 +105,7 @@ def test_folder_batch_jsonl_resume(photos, tiny_path, tmp_path):
     assert second.returncode == 3
     assert [r["path"] for r in records(second.stdout)] == [str(folder / "d.png")]  # the rest were skipped
     assert "skipping 3 of 5 images already in" in second.stderr.decode()
-    parsed = []
-    for line in out.read_text().splitlines():
-        try:
-            parsed.append(json.loads(line))
-        except ValueError:
-            assert line.endswith('"capt')  # only the torn line is unreadable
+    parsed = [json.loads(line) for line in out.read_text().splitlines()]  # every line parses again
     assert sorted(r["path"] for r in parsed) == [str(folder / n) for n in ("a.jpg", "b.png", "c.webp", "d.png")]
 
     third = cli(folder / "a.jpg", folder / "d.png", "--jsonl", out, "--model", tiny_path, *FAST)
@@ -227,7 +222,18 @@ def test_jsonl_log_survives_a_torn_line(tmp_path):
     assert Source("a.png", path="/x/a.png") in log and Source("b.png", path="/x/b.png") not in log
     log.write({"path": "/x/b.png", "caption": "b"})
     log.close()
-    assert path.read_text().splitlines()[-1] == '{"path": "/x/b.png", "caption": "b"}'
+    assert path.read_text() == '{"path": "/x/a.png", "caption": "a"}\n{"path": "/x/b.png", "caption": "b"}\n'
+
+
+@pytest.mark.parametrize("tail", ['{"path": "/x/b.png", "caption": "b"}', "a note of the user's"])
+def test_jsonl_log_keeps_a_last_line_that_is_not_a_torn_record(tmp_path, tail):
+    path = tmp_path / "log.jsonl"
+    path.write_text('{"path": "/x/a.png", "caption": "a"}\n' + tail)  # no newline at the end
+    log = JsonlLog(path)
+    assert (Source("b.png", path="/x/b.png") in log) == tail.startswith("{")
+    log.write({"path": "/x/c.png", "caption": "c"})
+    log.close()
+    assert path.read_text().splitlines()[1:] == [tail, '{"path": "/x/c.png", "caption": "c"}']
 
 
 def test_progress_bar_only_on_a_terminal():
