@@ -63,6 +63,31 @@ def test_greedy_rows_equal_each_prompt_alone_while_rows_leave_and_join(family):
         assert len(got[i]) == limits[i]
 
 
+def test_images_are_let_go_once_processed(tiny):
+    """A batch holds processor outputs, not decoded images: while six rows decode, at
+    most the last two images are alive (zip and enumerate each keep their last tuple)
+    where all six were (a folder of large photos held a whole batch of them)."""
+    import weakref
+
+    model, processor = tiny
+    prompt = processor.apply_chat_template(MESSAGES)
+    given = []
+
+    def tracked(image):
+        given.append(weakref.ref(image))
+        return image
+
+    def images():  # holds no reference itself while suspended
+        for i in range(6):
+            yield tracked(synthetic_image(40 + 8 * i, 48, seed=i))
+
+    alive = []
+    for _, r in stream_batch_generate(model, processor, prompt, images(), max_tokens=3, batch_size=6,
+                                      ignore_eos=True):
+        alive.append(sum(ref() is not None for ref in given))
+    assert len(given) == 6 and len(alive) == 18 and max(alive) <= 2
+
+
 def test_batch_generate_texts_in_prompt_order(tiny):
     model, processor = tiny
     prompt = processor.apply_chat_template(MESSAGES)
