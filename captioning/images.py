@@ -9,8 +9,9 @@ from .errors import Exit, Failure
 
 def tidy(message: str, name: str) -> str:
     """An image error as the user should read it: named after their input, not
-    "image data" or a BytesIO repr (PIL's "cannot identify" wording says little)."""
-    message = re.sub(r"^image data\b", name, message)
+    "image data", "the image" (the service's name for the bytes it was sent) or a
+    BytesIO repr (PIL's "cannot identify" wording says little)."""
+    message = re.sub(r"^(?:the image data|image data|the image)\b", lambda _: name, message)
     message = re.sub(r"\(cannot identify image file .*\)$", "(unknown or unsupported format)", message)
     return message if name in message else f"{name}: {message}"
 

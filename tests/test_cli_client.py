@@ -30,6 +30,20 @@ from mlx_vlm_port.options import ImageOptions, SamplingOptions
 from tests.test_cli import read_until_closed
 
 ROOT = Path(__file__).resolve().parents[1]
+
+
+def _service_says(data: bytes) -> str:
+    """The real service's error for these image bytes, so the fake below says the same."""
+    from menubar.jobs import request_from_message
+
+    try:
+        request_from_message({"op": "caption", "image_b64": base64.b64encode(data).decode()})
+    except Failure as e:
+        return e.message
+    raise AssertionError("the service took bytes that are not an image")
+
+
+SERVICE_BAD_IMAGE = _service_says(b"these bytes are not an image")
 DETECT_ANSWER = "Here you go:\n```json\n[{'label': 'cat', 'bbox': [0.1, 0.2, 0.5, 0.6]},]\n```"
 
 
@@ -41,7 +55,7 @@ class FakeService:
     with a usage error) and answers a ping with every field the real pong has."""
 
     def __init__(self, folder: Path, model: str = "fake/model", pieces=("A grey ", "square."),
-                 mode: str = "ok", error: tuple = (3, "image data is not a readable image"),
+                 mode: str = "ok", error: tuple = (3, SERVICE_BAD_IMAGE),
                  gate: threading.Event | None = None):
         self.model, self.pieces, self.mode, self.error = model, list(pieces), mode, error
         self.gate = gate  # when given, the pieces after the first wait for it (at most 30 s)
@@ -298,11 +312,11 @@ def test_cli_detect_and_draw_with_canned_answer(runtime, grey_png, tmp_path):
 
 
 def test_cli_maps_service_errors_to_exit_codes(runtime, grey_png):
-    fake = FakeService(runtime, mode="error", error=(3, "image data is not a readable image"))
+    fake = FakeService(runtime, mode="error", error=(3, SERVICE_BAD_IMAGE))
     try:
         done = cli(grey_png)
         assert done.returncode == 3
-        assert error_lines(done) == [f"caption: error: {grey_png} is not a readable image"]
+        assert error_lines(done) == [f"caption: error: {grey_png} is not a readable image (not a known image format)"]
     finally:
         fake.stop()
 
