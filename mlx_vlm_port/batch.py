@@ -229,17 +229,16 @@ def stream_batch_generate(model, processor, prompts: str | Sequence[str], images
             if size is None and inputs:
                 size = auto_batch_size(model, inputs[0], max(n for _, n in taken),
                                        batch.lm.embed(mx.array([[0]])).dtype.size)
-            features = image_features(model, inputs)
-            inputs = [{"input_ids": x["input_ids"]} for x in inputs]  # the pixels are done with
-            rows, caches, firsts, seens, keys = [], [], [], [], []
-            embeds, starts = [], []
-            for (index, limit), x, f in zip(taken, inputs, features):
+            for index, limit in taken:
                 if limit < 1:
                     raise ValueError(f"max_tokens must be at least 1, got {limit} for prompt {index}")
-                ids = mx.array(x["input_ids"])
-                embeds.append(model.get_input_embeddings(ids) if f is None else model.get_input_embeddings(
-                    ids, image_features=f))
-                starts.append(batch.start_row(x["input_ids"]))
+            # comprehensions: no loop variable keeps a prompt's features (and their batch's buffer) alive
+            embeds = [model.get_input_embeddings(mx.array(x["input_ids"]), image_features=f)
+                      for x, f in zip(inputs, image_features(model, inputs))]
+            ids = [x["input_ids"] for x in inputs]  # (1, L) each; the pixels are done with
+            del inputs
+            starts = [batch.start_row(i) for i in ids]
+            rows, caches, firsts, seens, keys = [], [], [], [], []
             for group in _packs([e.shape[1] for e in embeds], PACK_TOKENS):
                 group_caches = [batch.lm.make_cache() for _ in group]
                 if len(group) == 1:  # alone, in chunks of prefill_step_size
@@ -247,11 +246,11 @@ def stream_batch_generate(model, processor, prompts: str | Sequence[str], images
                 else:
                     logits = prefill_packed(model, [embeds[i] for i in group], group_caches)
                 for j, (i, cache) in enumerate(zip(group, group_caches)):
-                    (index, limit), x, (seen, key) = taken[i], inputs[i], starts[i]
+                    (index, limit), (seen, key) = taken[i], starts[i]
                     key_list = [key]
                     y, seen = batch.choose(logits[j:j + 1], seen, key_list)
                     mx.eval(y)
-                    row = _Row(index, x["input_ids"].shape[1], limit, time.perf_counter() - tic,
+                    row = _Row(index, ids[i].shape[1], limit, time.perf_counter() - tic,
                                StreamingDetokenizer(processor))
                     response, done = respond(row, y.item())
                     yield index, response
@@ -263,7 +262,7 @@ def stream_batch_generate(model, processor, prompts: str | Sequence[str], images
                         keys.append(key_list[0])
             if rows:
                 batch.join(rows, caches, firsts, seens, keys)
-            del inputs, features, embeds  # not held while the batch decodes
+            del embeds  # not held while the batch decodes
             if len(batch.rows) < (size or 1) and not exhausted:
                 continue  # rows that finished at once left room
         if not batch.rows:
